@@ -1,0 +1,306 @@
+"""LSTM and GRU layers over any input map (dense, TT, BT, CP, Tucker), stacked into a RecurrentNet.
+
+The input projection ``x_t W`` does not depend on the recurrence, so it is computed for all B x T rows
+in one call of the input map before the time loop; only ``h_{t-1} U`` and the gate math run per step.
+Dense cells with plain options run on ``torch.nn.LSTM`` / ``torch.nn.GRU`` (fused kernels).
+
+Gate order: LSTM [i, f, g, o]; GRU [r, z, n] (the order of torch.nn). GRU comes in two forms:
+``reset_after=True`` (cuDNN / torch.nn.GRU: n = tanh(x W_n + b_n + r * (h U_n + b_hn)), one extra bias)
+and ``reset_after=False`` (Cho et al. / Keras / Tjandra: n = tanh(x W_n + b_n + (r * h) U_n)).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from tensorlstm.cells.base import RecurrentNet, State, select_state
+from tensorlstm.errors import UserError
+from tensorlstm.tensor import build_map
+from tensorlstm.tensor.base import LinearMap
+from tensorlstm.tensor.shapes import check_modes, factorize, gate_modes
+
+GATES = {"lstm": 4, "gru": 3}
+
+
+def hard_sigmoid(x: torch.Tensor) -> torch.Tensor:
+    """Keras' hard sigmoid: clip(0.2 x + 0.5, 0, 1)."""
+    return torch.clamp(0.2 * x + 0.5, 0.0, 1.0)
+
+
+ACTIVATIONS = {"sigmoid": torch.sigmoid, "hard_sigmoid": hard_sigmoid}
+
+
+def sequence_dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """Dropout with one mask per sequence, shared across time (x is (B, T, F) or (B, F))."""
+    if not training or p == 0.0:
+        return x
+    shape = (x.shape[0], 1, x.shape[-1]) if x.dim() == 3 else x.shape
+    mask = torch.empty(shape, device=x.device, dtype=x.dtype).bernoulli_(1 - p) / (1 - p)
+    return x * mask
+
+
+class RecurrentLayer(nn.Module):
+    """One LSTM or GRU layer: gates = input_map(x) + b + recurrent(h_{t-1})."""
+
+    def __init__(
+        self,
+        base: str,
+        input_map: LinearMap,
+        hidden_size: int,
+        hidden_map: LinearMap | None = None,
+        dropout: float = 0.0,
+        recurrent_dropout: float = 0.0,
+        gate_activation: str = "sigmoid",
+        reset_after: bool = True,
+    ) -> None:
+        super().__init__()
+        if base not in GATES:
+            raise UserError(f"unknown cell base {base!r}; choose lstm or gru")
+        if gate_activation not in ACTIVATIONS:
+            raise UserError(f"unknown gate_activation {gate_activation!r}; choose one of {sorted(ACTIVATIONS)}")
+        self.base, self.hidden_size = base, hidden_size
+        gates = GATES[base] * hidden_size
+        if input_map.out_features != gates:
+            raise UserError(f"input map gives {input_map.out_features} outputs, the {base} needs {gates}")
+        self.input_map = input_map
+        self.hidden_map = hidden_map
+        if hidden_map is None:
+            self.weight_hh = nn.Parameter(torch.empty(hidden_size, gates))
+            self._init_recurrent()
+        self.bias = nn.Parameter(torch.zeros(gates))
+        if base == "lstm":  # forget-gate bias 1 (Jozefowicz et al. 2015)
+            with torch.no_grad():
+                self.bias[hidden_size : 2 * hidden_size] = 1.0
+        self.reset_after = base == "gru" and reset_after
+        self.bias_hn = nn.Parameter(torch.zeros(hidden_size)) if self.reset_after else None
+        self.dropout, self.recurrent_dropout = dropout, recurrent_dropout
+        self.gate = ACTIVATIONS[gate_activation]
+
+    def _init_recurrent(self) -> None:
+        """Orthogonal H x H block per gate, the usual recurrent init."""
+        h = self.hidden_size
+        with torch.no_grad():
+            for g in range(GATES[self.base]):
+                nn.init.orthogonal_(self.weight_hh[:, g * h : (g + 1) * h])
+
+    def recurrent_weight(self) -> torch.Tensor:
+        """U (H x G*H): the parameter, or the hidden map rebuilt once per sequence (never per step)."""
+        return self.weight_hh if self.hidden_map is None else self.hidden_map.reconstruct()
+
+    def init_state(self, batch_size: int, device=None, dtype=None) -> tuple[torch.Tensor, ...]:
+        z = torch.zeros(batch_size, self.hidden_size, device=device, dtype=dtype)
+        return (z, z.clone()) if self.base == "lstm" else (z,)
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        """Input projection of all rows at once: (..., I) -> (..., G*H), bias included."""
+        return self.input_map(sequence_dropout(x, self.dropout, self.training)) + self.bias
+
+    def cell(self, xw_t: torch.Tensor, state: tuple, U: torch.Tensor, h_mask) -> tuple[torch.Tensor, tuple]:
+        """One step from the projected input xw_t (B, G*H)."""
+        h = state[0]
+        hd = h if h_mask is None else h * h_mask
+        H = self.hidden_size
+        if self.base == "lstm":
+            gates = torch.addmm(xw_t, hd, U)
+            i, f, g, o = gates.split(H, dim=1)
+            c = self.gate(f) * state[1] + self.gate(i) * torch.tanh(g)
+            h = self.gate(o) * torch.tanh(c)
+            return h, (h, c)
+        if self.reset_after:
+            hu = hd @ U
+            r = self.gate(xw_t[:, :H] + hu[:, :H])
+            z = self.gate(xw_t[:, H : 2 * H] + hu[:, H : 2 * H])
+            n = torch.tanh(xw_t[:, 2 * H :] + r * (hu[:, 2 * H :] + self.bias_hn))
+        else:
+            hu = hd @ U[:, : 2 * H]
+            r = self.gate(xw_t[:, :H] + hu[:, :H])
+            z = self.gate(xw_t[:, H : 2 * H] + hu[:, H:])
+            n = torch.tanh(xw_t[:, 2 * H :] + (r * hd) @ U[:, 2 * H :])
+        h = (1 - z) * n + z * h
+        return h, (h,)
+
+    def _h_mask(self, batch: int, ref: torch.Tensor):
+        if not self.training or self.recurrent_dropout == 0.0:
+            return None
+        p = self.recurrent_dropout
+        return torch.empty(batch, self.hidden_size, device=ref.device, dtype=ref.dtype).bernoulli_(1 - p) / (1 - p)
+
+    def forward(self, x: torch.Tensor, state: tuple | None = None, lengths: torch.Tensor | None = None):
+        B, T = x.shape[:2]
+        xw = self.project(x)  # one contraction for all B*T rows
+        if state is None:
+            state = self.init_state(B, x.device, xw.dtype)
+        U = self.recurrent_weight()
+        h_mask = self._h_mask(B, xw)
+        outputs = []
+        for t in range(T):
+            h, new = self.cell(xw[:, t], state, U, h_mask)
+            if lengths is not None:
+                alive = lengths > t
+                new = select_state(alive, new, state)
+                h = h * alive.unsqueeze(1).to(h.dtype)
+            state = new
+            outputs.append(h)
+        return torch.stack(outputs, dim=1), state
+
+    def step(self, x_t: torch.Tensor, state: tuple | None) -> tuple[torch.Tensor, tuple]:
+        xw = self.project(x_t)
+        if state is None:
+            state = self.init_state(x_t.shape[0], x_t.device, xw.dtype)
+        return self.cell(xw, state, self.recurrent_weight(), self._h_mask(x_t.shape[0], xw))
+
+
+class StackedRecurrent(RecurrentNet):
+    """Layers of RecurrentLayer; state is a tuple of per-layer states."""
+
+    def __init__(self, layers: Sequence[RecurrentLayer], info: dict) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+        self.output_size = layers[-1].hidden_size
+        self.info = info
+
+    def init_state(self, batch_size: int, device=None, dtype=None) -> State:
+        return tuple(layer.init_state(batch_size, device, dtype) for layer in self.layers)
+
+    def forward(self, x: torch.Tensor, state: State = None, lengths: torch.Tensor | None = None):
+        states = []
+        for i, layer in enumerate(self.layers):
+            x, s = layer(x, None if state is None else state[i], lengths)
+            states.append(s)
+        return x, tuple(states)
+
+    def step(self, x_t: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        states = []
+        for i, layer in enumerate(self.layers):
+            x_t, s = layer.step(x_t, None if state is None else state[i])
+            states.append(s)
+        return x_t, tuple(states)
+
+    def input_map_params(self) -> int:
+        return self.layers[0].input_map.num_params
+
+    def dense_input_map_params(self) -> int:
+        m = self.layers[0].input_map
+        return m.in_features * m.out_features
+
+    def describe(self) -> dict:
+        return self.info
+
+
+class FusedRecurrent(RecurrentNet):
+    """Dense baseline on torch.nn.LSTM / torch.nn.GRU (cuDNN / MKL fused kernels).
+
+    State is (h, c) for the LSTM and (h,) for the GRU, each (B, layers, H), batch first like every state.
+    """
+
+    def __init__(self, base: str, input_size: int, hidden_size: int, layers: int, dropout: float,
+                 info: dict) -> None:
+        super().__init__()
+        rnn_cls = nn.LSTM if base == "lstm" else nn.GRU
+        # torch applies `dropout` between layers; the input dropout is ours (one mask per sequence)
+        self.rnn = rnn_cls(input_size, hidden_size, num_layers=layers, batch_first=True,
+                           dropout=dropout if layers > 1 else 0.0)
+        self.base, self.input_dropout = base, dropout
+        self.output_size = hidden_size
+        self.info = info
+        if base == "lstm":  # forget-gate bias 1, as in RecurrentLayer
+            with torch.no_grad():
+                for name, p in self.rnn.named_parameters():
+                    if name.startswith("bias_ih"):
+                        p[hidden_size : 2 * hidden_size] = 1.0
+
+    def init_state(self, batch_size: int, device=None, dtype=None) -> State:
+        z = torch.zeros(batch_size, self.rnn.num_layers, self.rnn.hidden_size, device=device, dtype=dtype)
+        return (z, z.clone()) if self.base == "lstm" else (z,)
+
+    def _to_torch(self, state: State):
+        if state is None:
+            return None
+        t = tuple(s.transpose(0, 1).contiguous() for s in state)
+        return t if self.base == "lstm" else t[0]
+
+    def _from_torch(self, state) -> State:
+        state = state if self.base == "lstm" else (state,)
+        return tuple(s.transpose(0, 1) for s in state)
+
+    def forward(self, x: torch.Tensor, state: State = None, lengths: torch.Tensor | None = None):
+        x = sequence_dropout(x, self.input_dropout, self.training)
+        if lengths is None:
+            y, s = self.rnn(x, self._to_torch(state))
+            return y, self._from_torch(s)
+        packed = nn.utils.rnn.pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        y, s = self.rnn(packed, self._to_torch(state))
+        y, _ = nn.utils.rnn.pad_packed_sequence(y, batch_first=True, total_length=x.shape[1])
+        return y, self._from_torch(s)
+
+    def step(self, x_t: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        y, s = self.forward(x_t.unsqueeze(1), state)
+        return y[:, 0], s
+
+    def input_map_params(self) -> int:
+        return self.rnn.weight_ih_l0.numel()
+
+    def describe(self) -> dict:
+        return self.info
+
+
+def _modes(explicit, hint, size: int, d: int, what: str) -> list[int]:
+    """The cell config's modes win, then the task's hint (if it multiplies to size), then d balanced factors."""
+    if explicit is not None:
+        return check_modes(list(explicit), size, what)
+    if hint is not None and _prod(hint) == size:
+        return list(hint)
+    return factorize(size, d)
+
+
+def _prod(xs) -> int:
+    out = 1
+    for v in xs:
+        out *= int(v)
+    return out
+
+
+def build_recurrent(cfg: dict, input_size: int, hidden_size: int, in_modes=None, hidden_modes=None) -> RecurrentNet:
+    """Build the LSTM/GRU net of a cell config (`lstm`, `gru`, `tt`, `bt`, `cp`, `tucker`)."""
+    base = cfg.get("base", "lstm")
+    if base not in GATES:
+        raise UserError(f"unknown cell.base {base!r}; choose lstm or gru")
+    fmt = cfg.get("format", "dense")
+    H = int(cfg.get("hidden_size") or hidden_size)
+    n_layers = int(cfg.get("layers", 1))
+    if n_layers < 1:
+        raise UserError(f"cell.layers must be >= 1, got {n_layers}")
+    dropout = float(cfg.get("dropout", 0.0))
+    rec_dropout = float(cfg.get("recurrent_dropout", 0.0))
+    activation = cfg.get("gate_activation", "sigmoid")
+    factorize_hidden = bool(cfg.get("factorize_hidden", False))
+    reset_after = bool(cfg.get("reset_after", True))
+    G = GATES[base]
+    info = {"base": base, "format": fmt, "hidden_size": H, "layers": n_layers}
+
+    plain = rec_dropout == 0.0 and activation == "sigmoid" and not factorize_hidden
+    if fmt == "dense" and plain and (base == "lstm" or reset_after):
+        return FusedRecurrent(base, input_size, H, n_layers, dropout, info | {"kernel": f"torch.nn.{base.upper()}"})
+
+    d = int(cfg.get("d", 4))
+    hm = _modes(cfg.get("hidden_modes"), hidden_modes, H, d, "cell.hidden_modes")
+    out_modes = gate_modes(hm, G, cfg.get("gate_mode", "first"))
+    rank, blocks, mode = cfg.get("rank"), int(cfg.get("blocks", 1)), cfg.get("mode", "auto")
+    layers = []
+    for i in range(n_layers):
+        if i == 0:
+            im = _modes(cfg.get("in_modes"), in_modes, input_size, d, "cell.in_modes")
+            info.update(in_modes=im, hidden_modes=hm, out_modes=out_modes)
+        else:
+            im = hm
+        imap = build_map(fmt, im, out_modes, rank=rank, blocks=blocks, mode=mode)
+        hmap = build_map(fmt, hm, out_modes, rank=rank, blocks=blocks, mode=mode) if factorize_hidden else None
+        layers.append(RecurrentLayer(base, imap, H, hmap, dropout, rec_dropout, activation, reset_after))
+    if fmt != "dense":
+        info.update(rank=rank, blocks=blocks if fmt == "bt" else None, gate_mode=cfg.get("gate_mode", "first"),
+                    factorize_hidden=factorize_hidden)
+    return StackedRecurrent(layers, info)
+

@@ -1,0 +1,294 @@
+"""Tensorized LSTM (He et al., NIPS 2017) and its baseline, the stacked LSTM with shared parameters.
+
+tLSTM (``cell=tlstm``): the hidden state is a tensor H_t of P x M (2D) or P1 x P2 x M (3D). Per step
+
+    H^cat = [x_t W^x + b^x ; H_{t-1}]                   the input stacked as an extra location
+    A_t   = H^cat (*) {W^h, b^h}                        cross-layer convolution, K taps per location axis,
+                                                        zero padding, weights shared by all locations
+    [A^g, A^i, A^f, A^o, A^q] = A_t                     G = tanh, I, F, O = sigmoid; A^q: K^(D-1) taps
+    C_t   = G * I + conv(C_{t-1}, softmax(A^q)) * F     memory-cell convolution (tLSTM-M: C_{t-1} * F)
+    H_t   = tanh(C_t) * O
+
+and the output for step t is the hidden vector of the last location at step t + L - 1 (depth by delay).
+Geometry, depth derivation and normalisation choices: ``tensorlstm.cells.tlstm_ops``.
+
+Parameters (independent of P): W^x (I x M) + b^x (M) + W^h (K^(D-1) x M x M^o) + b^h (M^o), with
+M^o = 4M + K^(D-1) (memory_conv) or 4M, plus 10M for ln/cn (gain and bias of the 4 gate groups and of C_t).
+
+sLSTM (``cell=slstm``): x projected to H (W^x, b^x), then L LSTM layers that all use the same weights
+(W_ih: H x 4H, W_hh: H x 4H, b: 4H), run by torch's fused LSTM kernel with the shared weights repeated.
+Parameters: I*H + H + 8H^2 + 4H, independent of L.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from tensorlstm.cells.base import RecurrentNet, State, select_state
+from tensorlstm.cells.tlstm_ops import (
+    NORMS,
+    Geometry,
+    cross_layer_table,
+    make_geometry,
+    memory_table,
+    normalize,
+)
+from tensorlstm.errors import UserError
+
+
+class TensorizedLSTM(RecurrentNet):
+    """tLSTM over sequences; ``delay = L - 1`` blank steps are appended inside ``forward``.
+
+    State: (H, C), each (B, N, M) with the N locations flattened row-major; the output is location N - 1.
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        channels: int,
+        geometry: Geometry,
+        memory_conv: bool = True,
+        norm: str = "none",
+        forget_bias: float = 1.0,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if norm not in NORMS:
+            raise UserError(f"unknown cell.norm {norm!r}; choose one of: {', '.join(NORMS)}")
+        if norm == "cn" and geometry.locations < 2:
+            raise UserError("cell.norm=cn normalises over locations and needs >= 2; raise cell.P or use ln")
+        if channels < 1:
+            raise UserError(f"cell.M must be >= 1, got {channels}")
+        self.geo, self.M, self.memory_conv, self.norm = geometry, channels, memory_conv, norm
+        self.depth = geometry.depth
+        self.delay = self.depth - 1
+        self.output_size = channels
+        M, taps = channels, geometry.taps
+        out_channels = 4 * M + (taps if memory_conv else 0)
+        self.input_proj = nn.Linear(input_size, M)  # W^x, b^x
+        self.weight = nn.Parameter(torch.empty(taps, M, out_channels))  # W^h in R^{K^(D-1) x M x M^o}
+        self.bias = nn.Parameter(torch.zeros(out_channels))  # b^h
+        bound = 1.0 / math.sqrt(M * taps)
+        nn.init.uniform_(self.weight, -bound, bound)
+        with torch.no_grad():
+            self.bias[2 * M : 3 * M] = forget_bias  # gate order G, I, F, O, Q
+        if norm != "none":
+            self.gate_gain = nn.Parameter(torch.ones(4, M))
+            self.gate_shift = nn.Parameter(torch.zeros(4, M))
+            self.cell_gain = nn.Parameter(torch.ones(1, M))
+            self.cell_shift = nn.Parameter(torch.zeros(1, M))
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.register_buffer("cross_table", cross_layer_table(geometry), persistent=False)
+        self.register_buffer("memory_table", memory_table(geometry), persistent=False)
+
+    # -- state ---------------------------------------------------------------------------------------------
+    def init_state(self, batch_size: int, device=None, dtype=None) -> State:
+        dtype = dtype or self.weight.dtype
+        device = device or self.weight.device
+        zeros = torch.zeros(batch_size, self.geo.locations, self.M, device=device, dtype=dtype)
+        return (zeros, zeros.clone())
+
+    # -- one step ------------------------------------------------------------------------------------------
+    def _cell(self, xp: torch.Tensor, h: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """xp: projected input (B, M); h, c: (B, N, M) -> new (h, c)."""
+        B, N, M = h.shape
+        source = torch.cat([h, xp.unsqueeze(1), h.new_zeros(B, 1, M)], dim=1)  # H^cat + a zero row
+        patches = source[:, self.cross_table].reshape(B, N, -1)  # (B, N, taps * M)
+        a = torch.matmul(patches, self.weight.view(-1, self.weight.shape[-1])) + self.bias  # (B, N, M^o)
+        gates = a[..., : 4 * M].unflatten(-1, (4, M))  # (B, N, 4, M)
+        if self.norm != "none":
+            gates = normalize(gates, self.norm, self.gate_gain, self.gate_shift)
+        g = torch.tanh(gates[:, :, 0])
+        i, f, o = torch.sigmoid(gates[:, :, 1:]).unbind(2)
+        if self.memory_conv:  # dynamic kernel per location: softmax over its taps, replicate padding
+            kernel = torch.softmax(a[..., 4 * M :], dim=-1)  # (B, N, taps)
+            c = torch.matmul(kernel.unsqueeze(2), c[:, self.memory_table]).squeeze(2)  # (B, N, M)
+        c = g * i + c * f
+        c_out = c
+        if self.norm != "none":
+            c_out = normalize(c.unsqueeze(2), self.norm, self.cell_gain, self.cell_shift).squeeze(2)
+        h = torch.tanh(c_out) * o
+        return h, c
+
+    def step(self, x_t: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        """One step; returns the raw top output of this step (the output for input step t - delay)."""
+        h, c = self._cell(self.input_proj(x_t), *state)
+        return h[:, -1], (h, c)
+
+    # -- sequences -----------------------------------------------------------------------------------------
+    def forward(
+        self, x: torch.Tensor, state: State = None, lengths: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, State]:
+        B, T, _ = x.shape
+        h, c = self.init_state(B, x.device, x.dtype) if state is None else state
+        xp = self.input_proj(x)  # all B x T rows at once, before the time loop
+        if self.delay:  # blank (zero) inputs after the last step: their projection is b^x
+            xp = torch.cat([xp, self.input_proj.bias.to(xp.dtype).expand(B, self.delay, self.M)], dim=1)
+        final = (h, c)
+        last = None if lengths is None else lengths.to(x.device) - 1
+        outputs = []
+        for s in range(T + self.delay):
+            h, c = self._cell(xp[:, s], h, c)
+            if s >= self.delay:
+                outputs.append(h[:, -1])
+            if s < T:
+                final = (h, c) if last is None else select_state(last == s, (h, c), final)
+        if not outputs:
+            return x.new_zeros(B, 0, self.M), final
+        return self.dropout(torch.stack(outputs, dim=1)), final
+
+    # -- reporting -----------------------------------------------------------------------------------------
+    def input_map_params(self) -> int:
+        return self.input_proj.weight.numel()
+
+    def describe(self) -> dict:
+        g = self.geo
+        return {
+            "model": f"{g.order}D tLSTM",
+            "depth": self.depth,
+            "delay": self.delay,
+            "P": list(g.sizes),
+            "M": self.M,
+            "K": g.kernel,
+            "kernel_offsets": [-g.lower, g.upper],
+            "feedback": g.feedback,
+            "memory_conv": self.memory_conv,
+            "norm": self.norm,
+            "locations": g.locations,
+            "hidden_units": g.locations * self.M,
+            "conv_out_channels": self.weight.shape[-1],
+            "params": sum(p.numel() for p in self.parameters()),
+        }
+
+
+class SharedStackedLSTM(RecurrentNet):
+    """sLSTM: x -> W^x -> L LSTM layers sharing one set of weights (He et al.'s baseline)."""
+
+    delay = 0
+
+    def __init__(
+        self, input_size: int, hidden_size: int, layers: int, forget_bias: float = 1.0, dropout: float = 0.0
+    ) -> None:
+        super().__init__()
+        if layers < 1 or hidden_size < 1:
+            raise UserError(f"cell.layers and the hidden size must be >= 1, got {layers} and {hidden_size}")
+        H = hidden_size
+        self.H, self.layers, self.output_size = H, layers, H
+        self.input_proj = nn.Linear(input_size, H)
+        bound = 1.0 / math.sqrt(H)
+        self.weight_ih = nn.Parameter(torch.empty(4 * H, H).uniform_(-bound, bound))
+        self.weight_hh = nn.Parameter(torch.empty(4 * H, H).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.zeros(4 * H))
+        with torch.no_grad():
+            self.bias[H : 2 * H] = forget_bias  # torch gate order i, f, g, o
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+
+    def init_state(self, batch_size: int, device=None, dtype=None) -> State:
+        dtype = dtype or self.weight_ih.dtype
+        device = device or self.weight_ih.device
+        zeros = torch.zeros(batch_size, self.layers, self.H, device=device, dtype=dtype)
+        return (zeros, zeros.clone())
+
+    def _flat_weights(self) -> list[torch.Tensor]:
+        zero = torch.zeros_like(self.bias)
+        return [self.weight_ih, self.weight_hh, self.bias, zero] * self.layers
+
+    def forward(
+        self, x: torch.Tensor, state: State = None, lengths: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, State]:
+        B, T, _ = x.shape
+        h0, c0 = self.init_state(B, x.device, x.dtype) if state is None else state
+        hx = (h0.transpose(0, 1).contiguous(), c0.transpose(0, 1).contiguous())  # (L, B, H)
+        xp = self.input_proj(x)
+        with warnings.catch_warnings():  # cuDNN copies the repeated (shared) weights into one buffer
+            warnings.filterwarnings("ignore", message=".*contiguous chunk of memory.*")
+            if lengths is None:
+                y, hn, cn = torch.lstm(xp, hx, self._flat_weights(), True, self.layers, 0.0, self.training,
+                                       False, True)
+            else:
+                packed = pack_padded_sequence(xp, lengths.cpu(), batch_first=True, enforce_sorted=False)
+                order, unorder = packed.sorted_indices, packed.unsorted_indices
+                hx = tuple(s.index_select(1, order) for s in hx)
+                data, hn, cn = torch.lstm(packed.data, packed.batch_sizes, hx, self._flat_weights(), True,
+                                          self.layers, 0.0, self.training, False)
+                hn, cn = hn.index_select(1, unorder), cn.index_select(1, unorder)
+                out = packed._replace(data=data)
+                y, _ = pad_packed_sequence(out, batch_first=True, total_length=T)
+        return self.dropout(y), (hn.transpose(0, 1), cn.transpose(0, 1))
+
+    def step(self, x_t: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        h, c = state
+        inp = self.input_proj(x_t)
+        hs, cs = [], []
+        for layer in range(self.layers):
+            gates = inp @ self.weight_ih.T + h[:, layer] @ self.weight_hh.T + self.bias
+            i, f, g, o = gates.chunk(4, dim=1)
+            c_l = torch.sigmoid(f) * c[:, layer] + torch.sigmoid(i) * torch.tanh(g)
+            inp = torch.sigmoid(o) * torch.tanh(c_l)
+            hs.append(inp)
+            cs.append(c_l)
+        return inp, (torch.stack(hs, 1), torch.stack(cs, 1))
+
+    def input_map_params(self) -> int:
+        return self.input_proj.weight.numel()
+
+    def describe(self) -> dict:
+        return {
+            "model": "sLSTM (stacked LSTM, weights shared across layers)",
+            "depth": self.layers,
+            "delay": 0,
+            "hidden_size": self.H,
+            "layers": self.layers,
+            "params": sum(p.numel() for p in self.parameters()),
+        }
+
+
+def _positive_int(value, key: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value or value < 1:
+        raise UserError(f"{key} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def build_tlstm(
+    cfg: dict,
+    input_size: int,
+    hidden_size: int,
+    in_modes: Sequence[int] | None = None,
+    hidden_modes: Sequence[int] | None = None,
+) -> TensorizedLSTM:
+    """Build a tLSTM from a ``cell=tlstm`` config; M null means the task's hidden size."""
+    geometry = make_geometry(cfg.get("P", 4), cfg.get("K"), bool(cfg.get("feedback", True)))
+    M = _positive_int(cfg.get("M") or hidden_size, "cell.M")
+    return TensorizedLSTM(
+        input_size,
+        M,
+        geometry,
+        memory_conv=bool(cfg.get("memory_conv", True)),
+        norm=str(cfg.get("norm", "none")),
+        forget_bias=float(cfg.get("forget_bias", 1.0)),
+        dropout=float(cfg.get("dropout", 0.0)),
+    )
+
+
+def build_slstm(
+    cfg: dict,
+    input_size: int,
+    hidden_size: int,
+    in_modes: Sequence[int] | None = None,
+    hidden_modes: Sequence[int] | None = None,
+) -> SharedStackedLSTM:
+    """Build the sLSTM baseline from a ``cell=slstm`` config (``layers`` = depth L)."""
+    H = _positive_int(cfg.get("hidden_size") or hidden_size, "cell.hidden_size")
+    return SharedStackedLSTM(
+        input_size,
+        H,
+        _positive_int(cfg.get("layers", 1), "cell.layers"),
+        forget_bias=float(cfg.get("forget_bias", 1.0)),
+        dropout=float(cfg.get("dropout", 0.0)),
+    )

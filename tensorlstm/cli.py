@@ -1,0 +1,301 @@
+"""`tlstm`: train | eval | info | sample | reproduce | bench.
+
+`train` runs under Hydra (so `-m` sweeps, launchers and `--cfg job` work as usual). Before Hydra starts,
+a preflight composes the config once to turn mistakes into one-line errors (exit code 2): an unknown
+task/cell/experiment, a key that does not exist, a value of the wrong type, rank < 1, and to point
+`resume=auto` at the newest unfinished run of the same config. HYDRA_FULL_ERROR=1 shows tracebacks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+from tensorlstm.errors import UserError
+
+CONFIG_DIR = Path(os.environ.get("TLSTM_CONFIG_DIR", Path(__file__).resolve().parent.parent / "configs"))
+GROUPS = ("task", "cell", "optim", "trainer", "logger", "experiment")
+USAGE = """usage: tlstm <command> [args]
+
+  train [overrides...] [-m]        train a task x cell, e.g. tlstm train task=addition cell=bt rank=4
+  eval <run dir | ckpt> [overrides] evaluate a checkpoint on the test split; writes eval.json
+  info [overrides...]              build the model without data and print parameter counts as JSON
+  sample <run dir | ckpt> [--n N]  draw samples from a trained generative model (draw_mnist)
+  reproduce <table> [--collect] [overrides]  run every row of configs/table/<table>.yaml, write table.md/.csv
+  bench [--quick] [--out F]        speed benchmark of the maps and cells (ratios to dense baselines)
+"""
+
+
+# ---------------------------------------------------------------------------------------------------------
+# config composition and preflight checks
+# ---------------------------------------------------------------------------------------------------------
+def _choices(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+
+
+def _check_group_choices(overrides: list[str]) -> None:
+    for ov in overrides:
+        key, sep, value = ov.lstrip("+~").partition("=")
+        if not sep or key not in GROUPS or value in ("null", ""):
+            continue
+        for v in value.split(",") if not value.startswith(("[", "range(", "choice(", "glob(")) else []:
+            if v not in _choices(key):
+                raise UserError(f"unknown {key} {v!r}; choose one of: {', '.join(_choices(key))}")
+
+
+def compose(overrides: list[str], hydra: bool = False):
+    """Compose the `train` config with Hydra's compose API (no run directory, no logging set-up)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    _check_group_choices(overrides)
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            return hydra_compose("train", overrides=overrides, return_hydra_config=hydra)
+    except Exception as e:  # Hydra/OmegaConf errors -> one line
+        if isinstance(e, UserError):
+            raise
+        raise UserError(_one_line(e) + "; check the spelling against `tlstm train --cfg job`") from e
+
+
+def _one_line(e: Exception) -> str:
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    return " ".join(lines[:2]) if lines else type(e).__name__
+
+
+def to_dict(cfg) -> dict:
+    from omegaconf import OmegaConf, open_dict
+
+    cfg = cfg.copy()
+    with open_dict(cfg):
+        cfg.pop("hydra", None)
+    try:
+        return OmegaConf.to_container(cfg, resolve=True)
+    except Exception as e:
+        raise UserError(f"config does not resolve: {_one_line(e)}") from e
+
+
+def _check_types(base, full, path: str = "") -> None:
+    """A value of another type than the default (e.g. trainer.max_steps=abc) is an error."""
+    if isinstance(full, dict) and isinstance(base, dict):
+        for k, v in full.items():
+            if k in base:
+                _check_types(base[k], v, f"{path}.{k}" if path else k)
+        return
+    if base is None or full is None or isinstance(base, str) or path.split(".")[-1] in ("rank", "P"):
+        return
+    if isinstance(base, bool):
+        ok, want = isinstance(full, bool), "true or false"
+    elif isinstance(base, int):
+        ok, want = isinstance(full, int) and not isinstance(full, bool), "an integer"
+    elif isinstance(base, float):
+        ok, want = isinstance(full, (int, float)) and not isinstance(full, bool), "a number"
+    elif isinstance(base, list):
+        ok, want = isinstance(full, list), "a list like [1,2]"
+    else:
+        return
+    if not ok:
+        raise UserError(f"{path}={full!r} has the wrong type: expected {want} (default {base!r})")
+
+
+def load_config(overrides: list[str], hydra: bool = False):
+    """Compose, type-check and validate; returns (the composed config, its resolved dict)."""
+    from tensorlstm.engine.build import validate
+
+    group_only = [o for o in overrides if o.lstrip("+~").partition("=")[0] in GROUPS]
+    full = compose(overrides, hydra=hydra)
+    cfg = to_dict(full)
+    _check_types(to_dict(compose(group_only)), cfg)
+    validate(cfg)
+    return full, cfg
+
+
+def preflight(overrides: list[str]) -> list[str]:
+    """Validate the overrides of a single run; return them with hydra.run.dir set when resuming."""
+    full, cfg = load_config(overrides, hydra=True)
+    resume = cfg.get("resume")
+    if resume in (None, "", "none", "null") or any(o.startswith("hydra.run.dir=") for o in overrides):
+        return overrides
+    run_dir = _resume_dir(str(resume), Path(full.hydra.run.dir), cfg)
+    if run_dir is None:
+        print("tensorlstm: resume=auto found no unfinished run of this config; starting a new run")
+        return overrides
+    return [*overrides, f"hydra.run.dir={run_dir}"]
+
+
+_IGNORED_FOR_RESUME = {"resume", "logger", "trainer", "device", "run_name"}
+
+
+def _resume_dir(resume: str, new_run_dir: Path, cfg: dict) -> Path | None:
+    if resume != "auto":
+        path = Path(resume)
+        run_dir = path.parent.parent if path.suffix == ".pt" else path
+        if not (run_dir / "checkpoints" / "last.pt").exists() and path.suffix != ".pt":
+            raise UserError(f"resume={resume}: no checkpoints/last.pt there; pass a run dir of tlstm train")
+        return run_dir
+    from omegaconf import OmegaConf
+
+    want = {k: v for k, v in cfg.items() if k not in _IGNORED_FOR_RESUME}
+    candidates = []
+    for d in new_run_dir.parent.glob("*"):
+        saved = d / ".hydra" / "config.yaml"
+        if (d / "checkpoints" / "last.pt").exists() and not (d / "summary.json").exists() and saved.exists():
+            old = OmegaConf.to_container(OmegaConf.load(saved), resolve=True)
+            if {k: v for k, v in old.items() if k not in _IGNORED_FOR_RESUME} == want:
+                candidates.append(d)
+    return max(candidates, key=lambda d: (d / "checkpoints" / "last.pt").stat().st_mtime) if candidates else None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# commands
+# ---------------------------------------------------------------------------------------------------------
+def cmd_train(args: list[str]) -> int:
+    import hydra
+    from hydra.core.hydra_config import HydraConfig
+
+    multirun = "-m" in args or "--multirun" in args
+    passthrough = any(a.startswith("--") and a not in ("--multirun",) for a in args)
+    overrides = [a for a in args if not a.startswith("-")]
+    if not passthrough:
+        if multirun:
+            _check_group_choices(overrides)
+        else:
+            flags = [a for a in args if a.startswith("-")]
+            args = [*flags, *preflight(overrides)]
+
+    @hydra.main(config_path=str(CONFIG_DIR), config_name="train", version_base="1.3")
+    def job(cfg) -> None:
+        from tensorlstm.engine.trainer import TrainingStopped, train
+
+        run_dir = Path(HydraConfig.get().runtime.output_dir)
+        try:
+            summary = train(to_dict(cfg), run_dir)
+        except UserError as e:
+            _fail(e)
+        except TrainingStopped as e:
+            print(f"tensorlstm: {e}", file=sys.stderr)
+            sys.exit(e.exit_code)
+        metrics = {k: summary[k] for k in ("best_valid", *summary.get("test", {})) if k in summary}
+        print(f"run dir: {run_dir}")
+        print(f"final metrics: {json.dumps(metrics)}")
+
+    sys.argv = ["tlstm train", *args]
+    job()
+    return 0
+
+
+def cmd_info(args: list[str]) -> int:
+    from tensorlstm.engine.build import build, model_info
+
+    _, cfg = load_config(args)
+    _, model, factory = build(cfg)
+    info = model_info(model, factory)
+    info["cell"] = {**cfg["cell"], **factory.built[0].describe()}
+    print(json.dumps(info, indent=2, default=str))
+    return 0
+
+
+def _load_for_eval(target: str, overrides: list[str], name: str):
+    import torch
+    from omegaconf import OmegaConf
+
+    from tensorlstm.engine.build import build
+    from tensorlstm.engine.checkpoint import find_checkpoint, load_checkpoint
+    from tensorlstm.engine.seeding import resolve_device
+
+    path = Path(target)
+    ckpt_path = find_checkpoint(path, name) if path.is_file() or (path / "checkpoints" / name).exists() \
+        else find_checkpoint(path, "last.pt")
+    ckpt = load_checkpoint(ckpt_path)
+    cfg = OmegaConf.to_container(OmegaConf.merge(OmegaConf.create(ckpt["config"]), OmegaConf.from_dotlist(overrides)))
+    task, model, _ = build(cfg)
+    device = resolve_device(cfg.get("device", "auto"))
+    model.load_state_dict(ckpt["model"])
+    model.to(device).eval()
+    task.device = device
+    torch.manual_seed(int(cfg["seed"]))
+    run_dir = ckpt_path.parent.parent if ckpt_path.parent.name == "checkpoints" else ckpt_path.parent
+    return task, model, cfg, ckpt_path, run_dir
+
+
+def cmd_eval(args: list[str]) -> int:
+    import torch
+
+    if not args:
+        raise UserError("tlstm eval needs a run directory or a checkpoint: tlstm eval outputs/<task>/<cell>/<time>")
+    task, model, cfg, ckpt_path, run_dir = _load_for_eval(args[0], args[1:], "best.pt")
+    task.prepare()
+    with torch.no_grad():
+        metrics = {k: float(v) for k, v in task.evaluate(model, "test").items()}
+    out = {"checkpoint": str(ckpt_path), "split": "test", **metrics}
+    (run_dir / "eval.json").write_text(json.dumps(out, indent=2) + "\n")
+    print(json.dumps(out))
+    return 0
+
+
+def cmd_sample(args: list[str]) -> int:
+    if not args:
+        raise UserError("tlstm sample needs a run directory or a checkpoint of a generative task (draw_mnist)")
+    n = 64
+    if "--n" in args:
+        i = args.index("--n")
+        n = int(args[i + 1])
+        args = args[:i] + args[i + 2 :]
+    task, model, cfg, _, run_dir = _load_for_eval(args[0], args[1:], "best.pt")
+    if not hasattr(task, "sample"):
+        raise UserError(f"task {cfg['task']['name']} cannot sample; sampling is for generative tasks (draw_mnist)")
+    from datetime import datetime
+
+    out = task.sample(model, run_dir / f"sample_{datetime.now():%Y%m%d_%H%M%S}.png", n)
+    print(out)
+    return 0
+
+
+def cmd_reproduce(args: list[str]) -> int:
+    from tensorlstm.reproduce.table import reproduce
+
+    if not args or args[0].startswith("-"):
+        raise UserError(f"tlstm reproduce needs a table name; choose one of: {', '.join(_choices('table'))}")
+    collect = "--collect" in args
+    rest = [a for a in args[1:] if a != "--collect"]
+    return reproduce(args[0], CONFIG_DIR, rest, collect_only=collect)
+
+
+def cmd_bench(args: list[str]) -> int:
+    from tensorlstm.bench import main as bench_main
+
+    return bench_main(args)
+
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "info": cmd_info, "sample": cmd_sample,
+            "reproduce": cmd_reproduce, "bench": cmd_bench}
+
+
+def _fail(e: UserError) -> None:
+    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        raise e
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0
+    if argv[0] not in COMMANDS:
+        print(f"error: unknown command {argv[0]!r}; choose one of: {', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
+    try:
+        return COMMANDS[argv[0]](argv[1:]) or 0
+    except UserError as e:
+        _fail(e)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

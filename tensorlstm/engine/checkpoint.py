@@ -1,0 +1,60 @@
+"""Checkpoints: written to a temporary file and renamed, so a crash mid-save keeps the previous one."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tensorlstm.errors import UserError
+
+
+def save_checkpoint(obj: dict[str, Any], path: str | Path) -> Path:
+    """Atomically write `obj` to `path` (temp file in the same folder, fsync, rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint; a missing, truncated or corrupt file gives a one-line UserError."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} does not exist; pass a run directory or a .pt file written by tlstm train")
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=False)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError) as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UserError(
+            f"checkpoint {path} is corrupt or truncated ({reason}); delete it and resume from "
+            f"{path.with_name('best.pt') if path.name != 'best.pt' else 'another run'} or start a new run"
+        ) from e
+    if not isinstance(obj, dict) or "model" not in obj or "config" not in obj:
+        raise UserError(f"{path} is not a tensorlstm checkpoint (no model/config); pass one written by tlstm train")
+    return obj
+
+
+def find_checkpoint(path: str | Path, name: str = "last.pt") -> Path:
+    """A checkpoint file from a run directory, its checkpoints/ folder, or the file itself."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    for candidate in (path / "checkpoints" / name, path / name):
+        if candidate.is_file():
+            return candidate
+    raise UserError(f"no checkpoint {name} under {path}; pass a run directory of tlstm train or a .pt file")

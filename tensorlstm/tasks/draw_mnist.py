@@ -1,0 +1,231 @@
+"""DRAW on binarized MNIST (Gregor et al. 2015), with swappable encoder and decoder cells (Ye 2018).
+
+The encoder is the user's ``cell=``; the decoder is ``task.decoder_cell``: null (the same cell config as
+the encoder), a cell name (``lstm``, ``gru``, ``tt``, ``bt``, ``cp``, ``tucker``, ``tlstm``, ``slstm``; the
+factorized ones take ``task.decoder_rank``) or a full cell config dict (``{name: lstm, base: lstm, format:
+dense}``, ...). Metric: ``nll_bound``, the negative variational bound on -log p(x) in nats per image:
+BCE-with-logits summed over the 784 pixels + the analytic KL of every glimpse, one posterior sample per
+image (``task.eval_samples`` averages more; the bound's expectation is the same).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from tensorlstm.cells import build_cell
+from tensorlstm.cells.base import RecurrentNet
+from tensorlstm.data.binarized_mnist import load_binarized_mnist
+from tensorlstm.errors import UserError
+from tensorlstm.models.draw import DRAW, DrawShape, bernoulli_nll
+from tensorlstm.tasks.base import Batch, CellFactory, Task
+
+FACTORIZED = ("tt", "bt", "cp", "tucker")
+
+
+def decoder_cell_config(spec: str | dict, rank: int | None) -> dict:
+    """The cell config of the decoder from ``task.decoder_cell`` (a name or a config dict)."""
+    if isinstance(spec, dict):
+        if "name" not in spec:
+            raise UserError("task.decoder_cell needs a 'name' (e.g. {name: lstm, base: lstm, format: dense})")
+        return dict(spec)
+    if not isinstance(spec, str):
+        raise UserError(f"task.decoder_cell must be null, a cell name or a cell config, got {spec!r}")
+    cfg: dict = {"name": spec}
+    if spec in ("lstm", "gru") or spec in FACTORIZED:
+        cfg["base"] = "gru" if spec == "gru" else "lstm"
+        cfg["format"] = spec if spec in FACTORIZED else "dense"
+    if spec in FACTORIZED:
+        cfg["rank"] = rank if rank is not None else 4
+    return cfg
+
+
+def save_grid(images: np.ndarray, path: Path, ncol: int, pad: int = 2) -> Path:
+    """Write images (n, H, W) with values in [0, 1] as one grey PNG, ncol per row, light separators."""
+    from PIL import Image
+
+    n, h, w = images.shape
+    nrow = -(-n // ncol)
+    grid = np.full((nrow * (h + pad) + pad, ncol * (w + pad) + pad), 0.5, dtype=np.float32)
+    for k in range(n):
+        r, c = divmod(k, ncol)
+        top, left = pad + r * (h + pad), pad + c * (w + pad)
+        grid[top : top + h, left : left + w] = images[k]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray((np.clip(grid, 0, 1) * 255).round().astype(np.uint8), mode="L").save(path)
+    return path
+
+
+class DrawMNISTTask(Task):
+    name = "draw_mnist"
+    metric = "nll_bound"
+    higher_is_better = False
+
+    def __init__(self, cfg: dict, seed: int) -> None:
+        super().__init__(cfg, seed)
+        self.shape = DrawShape(
+            height=28,
+            width=28,
+            latent_size=int(cfg.get("latent_size", 100)),
+            glimpses=int(cfg.get("glimpses", 64)),
+            attention=bool(cfg.get("attention", True)),
+            read_n=int(cfg.get("read_n", 2)),
+            write_n=int(cfg.get("write_n", 5)),
+            learned_canvas=bool(cfg.get("learned_canvas", False)),
+        )
+        s = self.shape
+        if s.glimpses < 1 or s.latent_size < 1 or s.read_n < 1 or s.write_n < 1:
+            raise UserError(
+                f"task.glimpses, latent_size, read_n and write_n must be >= 1 "
+                f"(got {s.glimpses}, {s.latent_size}, {s.read_n}, {s.write_n})"
+            )
+        self.binarization = str(cfg.get("binarization", "fixed"))
+        if self.binarization not in ("fixed", "dynamic", "larochelle"):
+            raise UserError(
+                f"unknown task.binarization {self.binarization!r}; choose fixed, dynamic or larochelle"
+            )
+        self.batch_size = int(cfg.get("batch_size", 64))
+        self.eval_batch_size = int(cfg.get("eval_batch_size", 500))
+        self.data: dict[str, np.ndarray] | None = None
+        self._epoch_perm: tuple[int, np.ndarray] | None = None
+
+    # ------------------------------------------------------------------------------------------ model
+    def build_model(self, make_cell: CellFactory) -> nn.Module:
+        cfg = self.cfg
+        hidden = int(cfg.get("hidden_size", 256))
+        dec_hidden = int(cfg.get("decoder_hidden_size") or hidden)
+        hidden_modes = cfg.get("hidden_modes")
+        dec_hidden_modes = hidden_modes if dec_hidden == hidden else None
+        spec = cfg.get("decoder_cell")
+        latent, dec_modes = self.shape.latent_size, cfg.get("decoder_in_modes")
+        if spec is None:  # the user's cell config for both
+            decoder = make_cell(latent, dec_hidden, in_modes=dec_modes, hidden_modes=dec_hidden_modes)
+        else:
+            dcfg = decoder_cell_config(spec, cfg.get("decoder_rank"))
+            decoder = build_cell(dcfg, latent, dec_hidden, in_modes=dec_modes, hidden_modes=dec_hidden_modes)
+        enc_in = self.shape.encoder_input_size(decoder.output_size)
+        encoder = make_cell(enc_in, hidden, in_modes=cfg.get("encoder_in_modes"), hidden_modes=hidden_modes)
+        for net, what in ((encoder, "encoder"), (decoder, "decoder")):
+            if not isinstance(net, RecurrentNet):
+                raise UserError(f"the DRAW {what} must be a recurrent net (a cell), got {type(net).__name__}")
+        return DRAW(self.shape, encoder, decoder)
+
+    # ------------------------------------------------------------------------------------------- data
+    def prepare(self) -> None:
+        if self.data is not None:
+            return
+        cfg = self.cfg
+        self.data = load_binarized_mnist(
+            cfg.get("data_dir", "data/mnist"),
+            binarization=self.binarization,
+            seed=int(cfg.get("binarize_seed", 0)),
+            valid_size=int(cfg.get("valid_size", 10000)),
+            cache_dir=cfg.get("cache_dir"),
+        )
+        if len(self.data["train"]) < self.batch_size:
+            n = len(self.data["train"])
+            raise UserError(f"task.batch_size={self.batch_size} exceeds the {n} training images; lower it")
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        if self._epoch_perm is None or self._epoch_perm[0] != epoch:
+            n = len(self.data["train"])
+            self._epoch_perm = (epoch, np.random.default_rng([self.seed, epoch]).permutation(n))
+        return self._epoch_perm[1]
+
+    def train_batch(self, step: int) -> Batch:
+        """A pure function of (seed, step): epoch-wise permutations; dynamic bits drawn from (seed, step)."""
+        self.prepare()
+        n = len(self.data["train"])
+        per_epoch = n // self.batch_size
+        epoch, i = divmod(step, per_epoch)
+        idx = self._permutation(epoch)[i * self.batch_size : (i + 1) * self.batch_size]
+        if self.binarization == "dynamic":
+            grey = self.data["train_grey"][idx].astype(np.float32) / 255.0
+            rng = np.random.default_rng([self.seed, 1, step])
+            bits = rng.random(grey.shape, dtype=np.float32) < grey
+        else:
+            bits = self.data["train"][idx]
+        return {"x": torch.from_numpy(bits.astype(np.float32))}
+
+    # ------------------------------------------------------------------------------------------- loss
+    def loss(self, model: nn.Module, batch: Batch, state=None) -> tuple[torch.Tensor, dict, None]:
+        x = batch["x"].to(dtype=_dtype(model))
+        logits, kl = model(x)
+        nll = bernoulli_nll(logits, x)
+        bound = nll + kl
+        loss = bound.mean()
+        with torch.no_grad():
+            stats = {"bce": float(nll.mean()), "kl": float(kl.mean()), "nll_bound": float(loss)}
+        return loss, stats, None
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, split: str) -> dict[str, float]:
+        self.prepare()
+        if split not in ("valid", "test"):
+            raise ValueError(f"unknown split {split!r}")
+        images = self.data[split]
+        limit = self.cfg.get("valid_max_images")
+        if limit and split == "valid":
+            images = images[: int(limit)]
+        samples = max(1, int(self.cfg.get("eval_samples", 1)))
+        was_training = model.training
+        model.eval()
+        gen = torch.Generator(device=self.device).manual_seed(self.seed + (1 if split == "valid" else 2))
+        dtype = _dtype(model)
+        total_bce = total_kl = 0.0
+        for start in range(0, len(images), self.eval_batch_size):
+            x = torch.from_numpy(images[start : start + self.eval_batch_size].astype(np.float32))
+            x = x.to(device=self.device, dtype=dtype)
+            for _ in range(samples):
+                logits, kl = model(x, generator=gen)
+                total_bce += float(bernoulli_nll(logits, x).sum())
+                total_kl += float(kl.sum())
+        model.train(was_training)
+        count = len(images) * samples
+        bce, kl = total_bce / count, total_kl / count
+        return {"nll_bound": bce + kl, "bce": bce, "kl": kl}
+
+    # -------------------------------------------------------------------------------------- artifacts
+    def _generate(self, model: nn.Module, n: int, seed: int | None) -> np.ndarray:
+        """n samples from the prior: Bernoulli means after every glimpse, (T, n, H, W) in [0, 1]."""
+        gen = None
+        if seed is not None:
+            gen = torch.Generator(device=self.device).manual_seed(seed)
+        was_training = model.training
+        model.eval()
+        logits = model.generate(n, device=self.device, generator=gen)
+        model.train(was_training)
+        s = self.shape
+        return torch.sigmoid(logits).float().cpu().numpy().reshape(s.glimpses, n, s.height, s.width)
+
+    def artifacts(self, model: nn.Module, run_dir: Path, step: int) -> list[Path]:
+        """``samples_<step>.png`` (final canvases) and ``canvas_<step>.png`` (rows: samples, columns:
+        the canvas after successive glimpses, at most 32 columns evenly spaced, the last one included)."""
+        run_dir = Path(run_dir)
+        n = int(self.cfg.get("num_samples", 64))
+        seq = self._generate(model, n, seed=self.seed + 3)  # the same noise at every step shows progress
+        samples = save_grid(seq[-1], run_dir / f"samples_{step}.png", ncol=int(np.ceil(np.sqrt(n))))
+        return [samples, self.save_canvas_sequence(seq, run_dir / f"canvas_{step}.png")]
+
+    def save_canvas_sequence(self, seq: np.ndarray, path: Path, rows: int = 8, max_cols: int = 32) -> Path:
+        T = seq.shape[0]
+        cols = np.unique(np.linspace(0, T - 1, min(T, max_cols)).round().astype(int))
+        rows = min(rows, seq.shape[1])
+        tiles = seq[cols][:, :rows].transpose(1, 0, 2, 3).reshape(rows * len(cols), *seq.shape[2:])
+        return save_grid(tiles, path, ncol=len(cols))
+
+    def sample(self, model: nn.Module, out_path: str | Path, n: int = 64, seed: int | None = None) -> Path:
+        """Draw n new digits from the prior into a PNG grid at out_path (and the glimpse sequence of the
+        first rows next to it, ``<stem>_canvas.png``). ``seed`` fixes the noise; None draws fresh noise."""
+        out_path = Path(out_path)
+        seq = self._generate(model, n, seed)
+        self.save_canvas_sequence(seq, out_path.with_name(out_path.stem + "_canvas.png"))
+        return save_grid(seq[-1], out_path, ncol=int(np.ceil(np.sqrt(n))))
+
+
+def _dtype(model: nn.Module) -> torch.dtype:
+    p = next(model.parameters(), None)
+    return p.dtype if p is not None else torch.float32

@@ -1,0 +1,307 @@
+"""Contraction planning for factorized linear maps, and the base class they share.
+
+Every factorized map stores W[i_1..i_d, j_1..j_d] as a contraction (an einsum) of small factors.
+Its forward can be computed two ways:
+
+* ``factorized``:  y[z, j] = sum_i x[z, i] W[i, j] as ONE contraction of x (all rows z at once,
+  reshaped to (rows, I_1, ..., I_d)) with the factors, never forming W. The pairwise order is
+  planned by cost (opt_einsum's dynamic programming over FLOPs + intermediate sizes) and cached
+  per (equation, shapes); with the rows known it avoids huge intermediates.
+* ``reconstruct``: W = contraction of the factors (planned and cached the same way), then one GEMM.
+
+``auto`` picks per call with a deterministic time estimate (FLOPs / peak rate + bytes moved /
+bandwidth + a per-kernel overhead, constants per device type) and caches the decision per
+(rows, dtype, device). A measured choice would make runs non-reproducible (the two modes round
+differently), so the choice uses the estimate only.
+
+Initialization: factors are drawn with the std that makes Var(W) = target_var in expectation
+(a product of independent zero-mean factors multiplies variances; a sum over ranks adds them:
+Var(W) = n_terms * prod_f Var(factor_f)), then rescaled together so that the rebuilt W has
+exactly ||W||_F^2 = I*J*target_var (computed by a contraction of the factors with themselves,
+without forming W).
+"""
+
+from __future__ import annotations
+
+import math
+import string
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+
+import opt_einsum as oe
+import torch
+
+from tensorlstm.errors import UserError
+from tensorlstm.tensor.base import LinearMap
+
+MODES = ("factorized", "reconstruct", "auto")
+LETTERS = string.ascii_lowercase + string.ascii_uppercase
+
+# (peak FLOP/s, memory bandwidth in bytes/s, seconds per kernel launch) per device type.
+# Rough figures: 2 CPU cores here run a large float32 GEMM at ~1e11 FLOP/s; an H100 ~5e13 FLOP/s.
+DEVICE_SPEED = {
+    "cpu": (1.0e11, 1.0e10, 5.0e-6),
+    "cuda": (4.0e13, 2.0e12, 1.0e-5),
+}
+
+
+def check_mode(mode: str) -> str:
+    if mode not in MODES:
+        raise UserError(f"unknown map mode {mode!r}; choose one of: {', '.join(MODES)}")
+    return mode
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A pairwise contraction order with its estimated cost; `run` executes it with torch.einsum.
+
+    steps[k] = (positions, equation): pop those operand positions (in that order), contract them
+    with `equation`, append the result (opt_einsum's path convention).
+    """
+
+    steps: tuple[tuple[tuple[int, ...], str], ...]
+    flops: float  # multiply-adds counted as 2 FLOPs
+    moved: float  # elements read and written by all steps
+    largest: int  # elements of the largest intermediate
+
+    def seconds(self, device_type: str, itemsize: int) -> float:
+        flops_per_s, bandwidth, launch = DEVICE_SPEED.get(device_type, DEVICE_SPEED["cuda"])
+        return self.flops / flops_per_s + self.moved * itemsize / bandwidth + len(self.steps) * launch
+
+    def run(self, *operands: torch.Tensor) -> torch.Tensor:
+        ops = list(operands)
+        for positions, equation in self.steps:
+            picked = [ops.pop(p) for p in positions]
+            ops.append(torch.einsum(equation, *picked))
+        return ops[0]
+
+
+def _step_costs(equation: str, sizes: dict[str, int]) -> tuple[float, float, int]:
+    inputs, output = equation.split("->")
+    terms = inputs.split(",")
+    all_idx = set("".join(terms))
+    contracted = all_idx - set(output)
+    total = math.prod(sizes[c] for c in all_idx)
+    flops = float(total) * (2 if contracted else 1)
+    out_size = math.prod(sizes[c] for c in output)
+    moved = float(out_size + sum(math.prod(sizes[c] for c in t) for t in terms))
+    return flops, moved, out_size
+
+
+def chain_path(order: Sequence[int]) -> list[tuple[int, int]]:
+    """opt_einsum path that starts from operand order[0] and absorbs order[1], order[2], ... into it."""
+    remaining = sorted(order)
+    acc = order[0]
+    path = []
+    for nxt in order[1:]:
+        i, j = remaining.index(acc), remaining.index(nxt)
+        path.append((i, j))
+        remaining = [r for r in remaining if r not in (acc, nxt)] + [-1]
+        acc = -1
+    return path
+
+
+def _candidate_infos(equation: str, shapes: tuple[tuple[int, ...], ...], chains: tuple[tuple[int, ...], ...]):
+    candidates: list = ["greedy"] + [chain_path(c) for c in chains]
+    for opt in candidates:
+        try:
+            yield oe.contract_path(equation, *shapes, shapes=True, optimize=opt)[1]
+        except Exception:  # noqa: BLE001 - a candidate that is not a valid path is skipped
+            continue
+
+
+@lru_cache(maxsize=1024)
+def plan(
+    equation: str,
+    shapes: tuple[tuple[int, ...], ...],
+    device_type: str = "cpu",
+    chains: tuple[tuple[int, ...], ...] = (),
+) -> Plan:
+    """Plan `equation` over operands of `shapes` (cached).
+
+    Candidates: opt_einsum's greedy order and the given `chains` (each: start from one operand and
+    absorb the others in that order; the formats list the orders that make sense for them, e.g. TT
+    grows an interval of cores, BT places its core anywhere among the modes). The candidate with
+    the smallest estimated time on `device_type` wins (FLOPs at peak rate + every element read and
+    written at memory bandwidth + a launch cost per step).
+    """
+    best: Plan | None = None
+    for info in _candidate_infos(equation, shapes, chains):
+        sizes = dict(info.size_dict)
+        flops = moved = 0.0
+        largest = 0
+        steps = []
+        for contraction in info.contraction_list:
+            positions, step_eq = contraction[0], contraction[2]
+            f, m, out = _step_costs(step_eq, sizes)
+            flops, moved, largest = flops + f, moved + m, max(largest, out)
+            steps.append((tuple(positions), step_eq))
+        cand = Plan(tuple(steps), flops, moved, largest)
+        if best is None or cand.seconds(device_type, 4) < best.seconds(device_type, 4):
+            best = cand
+    assert best is not None
+    return best
+
+
+def row_bucket(rows: int) -> int:
+    """Plans are made for a power-of-two number of rows (the order is valid for any rows)."""
+    return 1 << max(0, int(rows - 1).bit_length())
+
+
+def gemm_seconds(rows: int, i: int, j: int, device_type: str, itemsize: int) -> float:
+    flops_per_s, bandwidth, launch = DEVICE_SPEED.get(device_type, DEVICE_SPEED["cuda"])
+    return 2.0 * rows * i * j / flops_per_s + (rows * i + i * j + rows * j) * itemsize / bandwidth + launch
+
+
+class FactorizedMap(LinearMap):
+    """Base of the factorized formats: subclasses create their parameters and subscripts.
+
+    A subclass calls ``super().__init__(in_modes, out_modes, mode)``, allocates rank indices with
+    ``self.new_index()``, then calls ``self.set_factors(names, subscripts, n_terms)`` where
+    ``subscripts[k]`` is the einsum subscript of parameter ``names[k]`` over the mode letters
+    ``self.in_subs`` / ``self.out_subs`` and its rank letters, and ``n_terms`` is the number of
+    rank terms summed in each entry of W (for the analytic init).
+    """
+
+    def __init__(self, in_modes: Sequence[int], out_modes: Sequence[int], mode: str = "auto"):
+        super().__init__()
+        self.in_modes = tuple(int(m) for m in in_modes)
+        self.out_modes = tuple(int(m) for m in out_modes)
+        if len(self.in_modes) != len(self.out_modes):
+            raise UserError(
+                f"in_modes and out_modes need the same number of modes, got "
+                f"{len(self.in_modes)} and {len(self.out_modes)}"
+            )
+        self.in_features = math.prod(self.in_modes)
+        self.out_features = math.prod(self.out_modes)
+        self.mode = check_mode(mode)
+        self._letters = iter(LETTERS)
+        self.row_sub = next(self._letters)
+        self.in_subs = "".join(next(self._letters) for _ in self.in_modes)
+        self.out_subs = "".join(next(self._letters) for _ in self.out_modes)
+        self.factor_names: list[str] = []
+        self.factor_subs: list[str] = []
+        self.n_terms = 1
+        self._decisions: OrderedDict[tuple, str] = OrderedDict()
+
+    # --- set-up -----------------------------------------------------------------------------
+    def new_index(self) -> str:
+        try:
+            return next(self._letters)
+        except StopIteration:  # pragma: no cover - needs d > 8
+            raise UserError("too many modes/ranks for one contraction; use fewer modes (d <= 6)") from None
+
+    def set_factors(self, names: Sequence[str], subscripts: Sequence[str], n_terms: int) -> None:
+        self.factor_names = list(names)
+        self.factor_subs = list(subscripts)
+        self.n_terms = int(n_terms)
+        self.forward_equation = (
+            f"{self.row_sub}{self.in_subs},{','.join(self.factor_subs)}->{self.row_sub}{self.out_subs}"
+        )
+        self.reconstruct_equation = f"{','.join(self.factor_subs)}->{self.in_subs}{self.out_subs}"
+        self.reset_parameters()
+
+    def factors(self) -> list[torch.Tensor]:
+        return [getattr(self, name) for name in self.factor_names]
+
+    # --- initialization ------------------------------------------------------------------------
+    def reset_parameters(self, std: float | None = None) -> None:
+        """Draw the factors so that the rebuilt W has std `std` (default 1/sqrt(in_features))."""
+        target = (1.0 / math.sqrt(self.in_features)) if std is None else float(std)
+        factors = self.factors()
+        # Var(W) = n_terms * prod Var(f): give every factor the same variance
+        log_var = (2 * math.log(target) - math.log(self.n_terms)) / len(factors)
+        with torch.no_grad():
+            for f in factors:
+                f.normal_(0.0, math.exp(0.5 * log_var))
+            sq = self.frobenius_sq()
+            wanted = target * target * self.in_features * self.out_features
+            scale = math.exp((math.log(wanted) - math.log(max(sq, 1e-300))) / (2 * len(factors)))
+            for f in factors:
+                f.mul_(scale)
+
+    def frobenius_sq(self) -> float:
+        """||W||_F^2 by contracting the factors with a copy of themselves (W never formed)."""
+        rank_letters = sorted(set("".join(self.factor_subs)) - set(self.in_subs + self.out_subs))
+        fresh = [c for c in LETTERS if c not in set("".join(self.factor_subs)) | {self.row_sub}]
+        rename = dict(zip(rank_letters, fresh))
+        primed = ["".join(rename.get(c, c) for c in s) for s in self.factor_subs]
+        eq = ",".join(self.factor_subs + primed) + "->"
+        ops = [f.detach().double() for f in self.factors()]
+        return float(oe.contract(eq, *ops, *ops, optimize="greedy"))
+
+    # --- forward -----------------------------------------------------------------------------
+    def forward_chains(self) -> tuple[tuple[int, ...], ...]:
+        """Candidate absorption orders for the forward (operand 0 is x, then the factors)."""
+        return ()
+
+    def reconstruct_chains(self) -> tuple[tuple[int, ...], ...]:
+        """Candidate absorption orders for reconstruct (operands are the factors)."""
+        n = len(self.factor_names)
+        return tuple(tuple([s] + [k for k in range(n) if k != s]) for s in range(n))
+
+    def reconstruct_plan(self, device_type: str = "cpu") -> Plan:
+        shapes = tuple(tuple(f.shape) for f in self.factors())
+        return plan(self.reconstruct_equation, shapes, device_type, self.reconstruct_chains())
+
+    def reconstruct(self) -> torch.Tensor:
+        factors = self.factors()
+        w = self.reconstruct_plan(factors[0].device.type).run(*factors)
+        return w.reshape(self.in_features, self.out_features)
+
+    def factorized_plan(self, rows: int, device_type: str = "cpu") -> Plan:
+        shapes = ((row_bucket(rows), *self.in_modes), *(tuple(f.shape) for f in self.factors()))
+        return plan(self.forward_equation, shapes, device_type, self.forward_chains())
+
+    def forward_factorized(self, x2d: torch.Tensor) -> torch.Tensor:
+        """x2d (rows, I) -> (rows, J) without forming W."""
+        rows = x2d.shape[0]
+        p = self.factorized_plan(rows, x2d.device.type)
+        y = p.run(x2d.reshape(rows, *self.in_modes), *self.factors())
+        return y.reshape(rows, self.out_features)
+
+    def forward_reconstruct(self, x2d: torch.Tensor) -> torch.Tensor:
+        return x2d @ self.reconstruct()
+
+    def estimate_seconds(self, mode: str, rows: int, device_type: str, itemsize: int) -> float:
+        if mode == "factorized":
+            return self.factorized_plan(rows, device_type).seconds(device_type, itemsize)
+        rec = self.reconstruct_plan(device_type)
+        return rec.seconds(device_type, itemsize) + gemm_seconds(
+            rows, self.in_features, self.out_features, device_type, itemsize
+        )
+
+    def choose_mode(self, rows: int, dtype: torch.dtype, device: torch.device) -> str:
+        """The forward mode for `rows` rows: self.mode, or for "auto" the cheaper by estimate (cached)."""
+        if self.mode != "auto":
+            return self.mode
+        key = (rows, dtype, device.type)
+        choice = self._decisions.get(key)
+        if choice is None:
+            itemsize = torch.empty((), dtype=dtype).element_size()
+            costs = {m: self.estimate_seconds(m, rows, device.type, itemsize) for m in MODES[:2]}
+            choice = min(costs, key=costs.get)
+            self._decisions[key] = choice
+            if len(self._decisions) > 64:
+                self._decisions.popitem(last=False)
+        return choice
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.in_features:
+            raise ValueError(f"expected input (..., {self.in_features}), got {tuple(x.shape)}")
+        lead = x.shape[:-1]
+        x2d = x.reshape(-1, self.in_features)
+        if x2d.shape[0] == 0:
+            return x.new_zeros(*lead, self.out_features) + 0 * self.factors()[0].sum()
+        if self.choose_mode(x2d.shape[0], x.dtype, x.device) == "reconstruct":
+            y = self.forward_reconstruct(x2d)
+        else:
+            y = self.forward_factorized(x2d)
+        return y.reshape(*lead, self.out_features)
+
+    def extra_repr(self) -> str:
+        ins = "x".join(map(str, self.in_modes))
+        outs = "x".join(map(str, self.out_modes))
+        return f"{ins} -> {outs}, params={self.num_params}, mode={self.mode}"

@@ -1,0 +1,177 @@
+"""The LSTM/GRU layers over any input map: equal to torch.nn given the same weights, the time-batched
+input projection equal to a step-by-step reference, masking, and the papers' parameter counts."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from tensorlstm.cells import build_cell
+from tensorlstm.cells.recurrent import FusedRecurrent, RecurrentLayer, StackedRecurrent, hard_sigmoid
+from tensorlstm.errors import UserError
+from tensorlstm.tensor import build_map
+
+torch.set_default_dtype(torch.float64)
+
+
+def cell_cfg(name: str, **kw) -> dict:
+    base = {"name": name, "base": "lstm", "format": "dense" if name in ("lstm", "gru") else name, "rank": 2,
+            "blocks": 2, "d": 3, "in_modes": None, "hidden_modes": None, "hidden_size": None, "gate_mode": "first",
+            "factorize_hidden": False, "mode": "auto", "layers": 1, "dropout": 0.0, "recurrent_dropout": 0.0,
+            "gate_activation": "sigmoid", "reset_after": True}
+    if name == "gru":
+        base["base"] = "gru"
+    return {**base, **kw}
+
+
+def generic_dense(base: str, I: int, H: int, layers: int = 1) -> StackedRecurrent:
+    """Our generic layer with a dense input map (recurrent_dropout=0 but forced off the fused path)."""
+    G = 4 if base == "lstm" else 3
+    return StackedRecurrent(
+        [RecurrentLayer(base, build_map("dense", [I if i == 0 else H], [G * H]), H) for i in range(layers)], {})
+
+
+def copy_from_torch(ours: StackedRecurrent, ref: nn.RNNBase) -> None:
+    """Load nn.LSTM/nn.GRU weights into our layers (W is stored transposed; the two biases merge)."""
+    H = ref.hidden_size
+    with torch.no_grad():
+        for i, layer in enumerate(ours.layers):
+            w_ih, w_hh = getattr(ref, f"weight_ih_l{i}"), getattr(ref, f"weight_hh_l{i}")
+            b_ih, b_hh = getattr(ref, f"bias_ih_l{i}"), getattr(ref, f"bias_hh_l{i}")
+            dense = layer.input_map
+            (p,) = list(dense.parameters())
+            p.copy_(w_ih.T.reshape(p.shape))
+            layer.weight_hh.copy_(w_hh.T)
+            if layer.base == "lstm":
+                layer.bias.copy_(b_ih + b_hh)
+            else:  # r, z biases add; the n gate's recurrent bias stays inside r * (.)
+                layer.bias.copy_(b_ih + torch.cat([b_hh[: 2 * H], torch.zeros(H)]))
+                layer.bias_hn.copy_(b_hh[2 * H :])
+
+
+@pytest.mark.parametrize("base", ["lstm", "gru"])
+def test_generic_layer_equals_torch_nn(base):
+    torch.manual_seed(0)
+    I, H, B, T = 5, 7, 3, 6
+    ref = (nn.LSTM if base == "lstm" else nn.GRU)(I, H, num_layers=2, batch_first=True)
+    ours = generic_dense(base, I, H, layers=2)
+    copy_from_torch(ours, ref)
+    x = torch.randn(B, T, I)
+    y_ref, _ = ref(x)
+    y, state = ours(x)
+    torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(state[-1][0], y_ref[:, -1])
+
+
+@pytest.mark.parametrize("name", ["lstm", "gru", "tt", "bt", "cp", "tucker"])
+@pytest.mark.parametrize("base", ["lstm", "gru"])
+def test_forward_equals_step_by_step(name, base):
+    """The input projection batched over all B*T rows gives what a per-step loop gives."""
+    torch.manual_seed(1)
+    net = build_cell(cell_cfg(name, base=base, recurrent_dropout=0.0), 12, 8)
+    x = torch.randn(2, 5, 12)
+    y, state = net(x)
+    s = net.init_state(2)
+    for t in range(5):
+        y_t, s = net.step(x[:, t], s)
+        torch.testing.assert_close(y_t, y[:, t])
+    for a, b in zip(torch.utils._pytree.tree_leaves(s), torch.utils._pytree.tree_leaves(state)):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("name", ["lstm", "bt"])
+def test_lengths_mask_padding(name):
+    """A padded sequence gives the outputs and final state of the same sequence unpadded."""
+    torch.manual_seed(2)
+    net = build_cell(cell_cfg(name), 6, 4)
+    x = torch.randn(2, 7, 6)
+    lengths = torch.tensor([7, 4])
+    y, state = net(x, lengths=lengths)
+    y_short, state_short = net(x[1:, :4])
+    torch.testing.assert_close(y[1, :4], y_short[0])
+    assert torch.all(y[1, 4:] == 0)
+    for a, b in zip(torch.utils._pytree.tree_leaves(state), torch.utils._pytree.tree_leaves(state_short)):
+        torch.testing.assert_close(a[1], b[0])
+
+
+def test_dense_plain_cells_use_fused_torch_kernels():
+    assert isinstance(build_cell(cell_cfg("lstm"), 6, 4), FusedRecurrent)
+    assert isinstance(build_cell(cell_cfg("gru"), 6, 4), FusedRecurrent)
+    assert isinstance(build_cell(cell_cfg("lstm", recurrent_dropout=0.25), 6, 4), StackedRecurrent)
+    assert isinstance(build_cell(cell_cfg("lstm", gate_activation="hard_sigmoid"), 6, 4), StackedRecurrent)
+
+
+def test_gru_reset_before_formula():
+    """reset_after=False is Cho et al.'s GRU: n = tanh(x W_n + b_n + (r * h) U_n)."""
+    torch.manual_seed(3)
+    net = build_cell(cell_cfg("tt", base="gru", reset_after=False), 8, 4)
+    layer = net.layers[0]
+    x, h = torch.randn(3, 8), torch.randn(3, 4)
+    W, U, b = layer.input_map.reconstruct(), layer.weight_hh, layer.bias
+    xw = x @ W + b
+    r = torch.sigmoid(xw[:, :4] + h @ U[:, :4])
+    z = torch.sigmoid(xw[:, 4:8] + h @ U[:, 4:8])
+    n = torch.tanh(xw[:, 8:] + (r * h) @ U[:, 8:])
+    expected = (1 - z) * n + z * h
+    y, _ = net.step(x, ((h,),))
+    torch.testing.assert_close(y, expected)
+
+
+def test_hard_sigmoid_is_keras():
+    x = torch.tensor([-3.0, -2.5, 0.0, 1.0, 2.5, 4.0])
+    torch.testing.assert_close(hard_sigmoid(x), torch.tensor([0.0, 0.0, 0.5, 0.7, 1.0, 1.0]))
+
+
+def test_dropout_masks_are_shared_over_time_and_off_in_eval():
+    torch.manual_seed(4)
+    net = build_cell(cell_cfg("bt", dropout=0.5, recurrent_dropout=0.5), 6, 4)
+    x = torch.randn(2, 5, 6)
+    net.train()
+    assert not torch.allclose(net(x)[0], net(x)[0])
+    net.eval()
+    torch.testing.assert_close(net(x)[0], net(x)[0])
+
+
+def test_gradients_reach_every_factor():
+    torch.manual_seed(5)
+    net = build_cell(cell_cfg("tucker", factorize_hidden=True), 8, 4)
+    net(torch.randn(2, 3, 8))[0].sum().backward()
+    for name, p in net.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+TJANDRA_SHAPES = {"in_modes": [4, 4, 4, 4], "hidden_modes": [8, 4, 4, 4], "gate_mode": "last",
+                  "factorize_hidden": True, "reset_after": False, "base": "gru"}
+
+
+@pytest.mark.parametrize(
+    "name,rank,expected",
+    [
+        ("tt", 11, 11_392),  # ranks 1-11-11-11-1
+        ("cp", 50, 6_136),
+        ("cp", 80, 8_896),
+        ("cp", 110, 11_656),
+        ("tucker", 2, 2_232),  # 2-2-2-2
+        ("tucker", [2, 4, 2, 4], 10_008),
+    ],
+)
+def test_tjandra2018_gru_parameter_counts(name, rank, expected):
+    """Both maps factorized, gates on the last mode, one 3H bias (Tjandra et al. 2018; PAPERS.md)."""
+    net = build_cell(cell_cfg(name, rank=rank, **TJANDRA_SHAPES), 256, 512)
+    assert sum(p.numel() for p in net.parameters()) == expected
+
+
+def test_dense_gru_count_tjandra():
+    net = build_cell(cell_cfg("gru", reset_after=False, gate_activation="sigmoid", recurrent_dropout=0.0), 256, 512)
+    # reset_after=False takes the generic path: W_xh + W_hh + one 3H bias = 1,181,184 (PAPERS.md)
+    assert sum(p.numel() for p in net.parameters()) == 1_181_184
+
+
+def test_bad_shapes_are_one_line_user_errors():
+    with pytest.raises(UserError, match="in_modes"):
+        build_cell(cell_cfg("tt", in_modes=[8, 20, 20, 17]), 57600, 256)
+    with pytest.raises(UserError, match="unknown cell"):
+        build_cell(cell_cfg("nope"), 4, 4)
+    with pytest.raises(UserError, match="base"):
+        build_cell(cell_cfg("tt", base="rnn"), 8, 4)

@@ -1,0 +1,212 @@
+"""Factorized maps: forward == x @ reconstruct() in float64, gradients, init scale, auto mode, errors."""
+
+import math
+import random
+
+import pytest
+import torch
+from torch.func import functional_call
+
+from tensorlstm.errors import UserError
+from tensorlstm.tensor import FORMATS, build_map, gate_modes
+from tensorlstm.tensor.planning import plan
+
+FACTORIZED = [f for f in FORMATS if f != "dense"]
+
+
+def random_rank(fmt, d, rng):
+    if fmt == "tt":
+        return [1] + [rng.randint(1, 4) for _ in range(d - 1)] + [1]
+    if fmt == "tucker":
+        return [rng.randint(1, 3) for _ in range(2 * d)]
+    return rng.randint(1, 4)
+
+
+def random_case(fmt, d, seed):
+    rng = random.Random(seed)
+    in_modes = [rng.randint(1, 5) for _ in range(d)]
+    out_modes = [rng.randint(1, 4) for _ in range(d)]
+    in_modes[rng.randrange(d)] += 1  # at least one mode > 1, modes uneven
+    return in_modes, out_modes, random_rank(fmt, d, rng), rng.randint(1, 3)
+
+
+def double_map(fmt, in_modes, out_modes, rank, blocks, mode):
+    return build_map(fmt, in_modes, out_modes, rank=rank, blocks=blocks, mode=mode).double()
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("d", [2, 3, 4, 5])
+def test_forward_equals_x_times_reconstruct(fmt, d):
+    torch.manual_seed(d)
+    for seed in range(2):
+        in_modes, out_modes, rank, blocks = random_case(fmt, d, 100 * d + seed)
+        results = {}
+        for mode in ("factorized", "reconstruct", "auto"):
+            m = double_map(fmt, in_modes, out_modes, rank, blocks, mode)
+            if mode != "factorized":
+                m.load_state_dict(results["factorized"][0].state_dict())
+            w = m.reconstruct()
+            assert w.shape == (math.prod(in_modes), math.prod(out_modes))
+            for lead in [(3,), (2, 5), (2, 3, 2)]:
+                x = torch.randn(*lead, m.in_features, dtype=torch.float64)
+                y = m(x)
+                assert y.shape == (*lead, m.out_features)
+                torch.testing.assert_close(y, x @ w, rtol=1e-10, atol=1e-12)
+            results[mode] = (m, y, x)
+        x = results["auto"][2]
+        ys = [results[mode][0](x) for mode in results]
+        torch.testing.assert_close(ys[0], ys[1], rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(ys[0], ys[2], rtol=1e-10, atol=1e-12)
+
+
+def test_reconstruct_matches_formula_elementwise():
+    """Check reconstruct() against each paper's formula written out with explicit loops over ranks."""
+    torch.manual_seed(0)
+    ins, outs = [2, 3], [3, 2]
+    i, j = (1, 2), (2, 1)  # one entry W[(i1,i2),(j1,j2)]
+    row, col = i[0] * 3 + i[1], j[0] * 2 + j[1]
+
+    tt = double_map("tt", ins, outs, [1, 3, 1], 1, "reconstruct")
+    expected = tt.core0[0, i[0], j[0], :] @ tt.core1[:, i[1], j[1], 0]
+    torch.testing.assert_close(tt.reconstruct()[row, col], expected)
+
+    bt = double_map("bt", ins, outs, 2, 2, "reconstruct")
+    expected = sum(
+        bt.core[n, a, b] * bt.factor0[n, i[0], j[0], a] * bt.factor1[n, i[1], j[1], b]
+        for n in range(2) for a in range(2) for b in range(2)
+    )
+    torch.testing.assert_close(bt.reconstruct()[row, col], expected)
+
+    cp = double_map("cp", ins, outs, 3, 1, "reconstruct")
+    expected = sum(
+        cp.in_factor0[i[0], r] * cp.in_factor1[i[1], r] * cp.out_factor0[j[0], r] * cp.out_factor1[j[1], r]
+        for r in range(3)
+    )
+    torch.testing.assert_close(cp.reconstruct()[row, col], expected)
+
+    tk = double_map("tucker", ins, outs, [2, 1, 2, 2], 1, "reconstruct")
+    expected = sum(
+        tk.core[a, b, c, e] * tk.in_factor0[i[0], a] * tk.in_factor1[i[1], b]
+        * tk.out_factor0[j[0], c] * tk.out_factor1[j[1], e]
+        for a in range(2) for b in range(1) for c in range(2) for e in range(2)
+    )
+    torch.testing.assert_close(tk.reconstruct()[row, col], expected)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("mode", ["factorized", "reconstruct"])
+def test_gradcheck(fmt, mode):
+    torch.manual_seed(1)
+    ranks = {"tt": [1, 2, 3, 1], "bt": 2, "cp": 3, "tucker": [2, 1, 2, 2, 1, 2], "dense": None}
+    m = double_map(fmt, [2, 3, 2], [2, 1, 3], ranks[fmt], 2, mode)
+    names = [n for n, _ in m.named_parameters()]
+    params = [p.detach().clone().requires_grad_(True) for _, p in m.named_parameters()]
+    x = torch.randn(2, 3, 12, dtype=torch.float64, requires_grad=True)
+
+    def fn(x, *ps):
+        return functional_call(m, dict(zip(names, ps)), (x,))
+
+    assert torch.autograd.gradcheck(fn, (x, *params), eps=1e-6, atol=1e-7)
+
+
+def sampled_rows_of_w(m, n_rows, seed):
+    """Exact rows of W through forward on one-hot inputs (never forms the whole W)."""
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(m.in_features, generator=g)[:n_rows]
+    eye = torch.zeros(n_rows, m.in_features)
+    eye[torch.arange(n_rows), idx] = 1.0
+    with torch.no_grad():
+        return m(eye)
+
+
+INIT_SHAPES = [
+    ([8, 20, 20, 18], gate_modes([4, 4, 4, 4], 4, "first")),  # UCF11 LSTM
+    ([8, 20, 20, 18], gate_modes([4, 4, 4, 4], 3, "first")),  # UCF11 GRU
+    ([4, 4, 4, 4], [8, 4, 4, 12]),  # Tjandra W_xh
+    ([36, 40, 40], [32, 4, 8]),
+    ([16, 9], [6, 7]),
+    ([5, 3, 4, 2, 3], [2, 3, 2, 2, 4]),
+]
+INIT_RANKS = {"tt": 4, "bt": 4, "cp": 20, "tucker": 3}
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("shape", INIT_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_init_is_variance_preserving(fmt, shape):
+    in_modes, out_modes = shape
+    if fmt == "dense" and math.prod(in_modes) * math.prod(out_modes) > 1_000_000:
+        pytest.skip("dense 59M-weight init is slow; dense is checked on the other shapes")
+    torch.manual_seed(3)
+    m = build_map(fmt, in_modes, out_modes, rank=INIT_RANKS.get(fmt), blocks=2, mode="factorized")
+    rows = sampled_rows_of_w(m, min(m.in_features, 256), seed=4)
+    target = 1.0 / math.sqrt(m.in_features)
+    assert abs(rows.std().item() / target - 1.0) < 0.15, (rows.std().item(), target)
+    assert abs(rows.mean().item()) < 0.2 * target
+
+
+@pytest.mark.parametrize("fmt", FACTORIZED)
+def test_frobenius_norm_without_forming_w(fmt):
+    m = double_map(fmt, [3, 4, 2], [2, 5, 3], None, 2, "reconstruct")
+    assert m.frobenius_sq() == pytest.approx(float((m.reconstruct().detach() ** 2).sum()), rel=1e-10)
+
+
+def test_auto_choice_is_cached_and_sensible():
+    ucf = build_map("bt", [8, 20, 20, 18], [16, 4, 4, 4], rank=4, blocks=2, mode="auto")
+    assert ucf.choose_mode(96, torch.float32, torch.device("cpu")) == "factorized"
+    assert (96, torch.float32, "cpu") in ucf._decisions
+    small = build_map("tt", [4, 4], [4, 4], rank=4, mode="auto")
+    assert small.choose_mode(10_000, torch.float32, torch.device("cpu")) == "reconstruct"
+    fixed = build_map("tt", [4, 4], [4, 4], rank=4, mode="factorized")
+    assert fixed.choose_mode(10_000, torch.float32, torch.device("cpu")) == "factorized"
+
+
+def test_plans_are_cached_per_shape():
+    m = build_map("tt", [3, 4, 5], [2, 3, 4], rank=3, mode="factorized")
+    assert m.factorized_plan(7) is m.factorized_plan(8)  # rows are bucketed to powers of two
+    assert m.factorized_plan(7) is not m.factorized_plan(9)
+    assert plan.cache_info().hits > 0
+
+
+def test_plan_avoids_huge_intermediates_at_ucf11_shape():
+    m = build_map("bt", [8, 20, 20, 18], [16, 4, 4, 4], rank=4, blocks=2, mode="factorized")
+    p = m.factorized_plan(96)
+    assert p.largest <= 2 * 96 * 57600  # never more than twice the input
+    assert p.flops < 0.2 * 2 * 96 * 57600 * 1024  # far below the dense GEMM
+
+
+def test_empty_rows_and_caller_lists_untouched():
+    ins, outs = [2, 3], [4, 1]
+    m = build_map("cp", ins, outs, rank=2)
+    assert ins == [2, 3] and outs == [4, 1]
+    y = m(torch.zeros(0, 6))
+    assert y.shape == (0, 4)
+
+
+def test_wrong_input_size():
+    m = build_map("tt", [2, 3], [2, 2], rank=2)
+    with pytest.raises(ValueError, match="6"):
+        m(torch.zeros(3, 5))
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(fmt="svd"), "dense, tt, bt, cp, tucker"),
+        (dict(fmt="tt", rank=0), ">= 1"),
+        (dict(fmt="bt", rank=-2), ">= 1"),
+        (dict(fmt="cp", rank=[2, 0]), ">= 1"),
+        (dict(fmt="tt", rank=[1, 4, 1]), "d\\+1"),
+        (dict(fmt="tt", rank=[2, 4, 4, 1]), "starting and ending with 1"),
+        (dict(fmt="tucker", rank=[2, 2]), "2d"),
+        (dict(fmt="bt", rank=[2, 2]), "single rank"),
+        (dict(fmt="bt", blocks=0), "blocks"),
+        (dict(fmt="tt", mode="fast"), "factorized, reconstruct, auto"),
+        (dict(fmt="tt", out_modes=[2, 2]), "same number of modes"),
+        (dict(fmt="cp", in_modes=[0, 3, 3]), "positive"),
+    ],
+)
+def test_build_map_errors(kwargs, match):
+    args = dict(fmt="tt", in_modes=[2, 3, 4], out_modes=[2, 2, 2], rank=2)
+    args.update(kwargs)
+    with pytest.raises(UserError, match=match):
+        build_map(**args)
