@@ -72,18 +72,18 @@ def stand_in_cache(clips_dir: Path, work: Path, workers: int) -> tuple[Path, dic
                  "workers": workers}
 
 
-def time_loader(task: UCF11Task, n: int) -> dict:
+def time_loader(task: UCF11Task, n: int, clock=time.perf_counter) -> dict:
     task.train_batch(0)
     times = []
     for step in range(1, n + 1):
-        start = time.perf_counter()
+        start = clock()
         batch = task.train_batch(step)
-        times.append(time.perf_counter() - start)
+        times.append(clock() - start)
     med = statistics.median(times)
     return {"s_per_batch": med, "batches_per_s": 1.0 / med, "shape": list(batch["frames"].shape)}
 
 
-def time_step(task: UCF11Task, cell: dict, steps: int, device: torch.device) -> dict:
+def time_step(task: UCF11Task, cell: dict, steps: int, device: torch.device, clock=time.perf_counter) -> dict:
     torch.manual_seed(0)
     model = task.build_model(lambda i, h, **kw: build_cell(cell, i, h, **kw)).to(device)
     params = sum(p.numel() for p in model.parameters())
@@ -94,7 +94,7 @@ def time_step(task: UCF11Task, cell: dict, steps: int, device: torch.device) -> 
         batch = batches[s % len(batches)]
         if device.type == "cuda":
             torch.cuda.synchronize()
-        start = time.perf_counter()
+        start = clock()
         loss, _, _ = task.loss(model, batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -102,7 +102,7 @@ def time_step(task: UCF11Task, cell: dict, steps: int, device: torch.device) -> 
         if device.type == "cuda":
             torch.cuda.synchronize()
         if s >= 2:
-            times.append(time.perf_counter() - start)
+            times.append(clock() - start)
     return {"s_per_step": statistics.median(times), "params_total": params,
             "params_input_map": model.rnn.input_map_params()}
 
@@ -120,13 +120,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cells", nargs="*", default=list(CELLS), help=f"subset of {list(CELLS)}")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall", help="cpu: process CPU time, "
+                        "steadier on a shared machine (with --threads 1 it approximates one idle core)")
     parser.add_argument("--json", type=Path, default=Path("outputs/bench_ucf11.json"))
     args = parser.parse_args(argv)
     quiet_opencv()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    result: dict = {"device": str(device), "threads": torch.get_num_threads()}
+    result: dict = {"device": str(device), "threads": torch.get_num_threads(), "clock": args.clock}
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
     with tempfile.TemporaryDirectory() as tmp:
         work = args.work or Path(tmp)
         if args.cache is None:
@@ -135,14 +138,14 @@ def main(argv: list[str] | None = None) -> int:
         else:
             cache = args.cache
         task_yaml = Path(__file__).resolve().parents[1] / "configs" / "task" / "ucf11.yaml"
-        base = dict(yaml.safe_load(task_yaml.read_text()), data_dir=str(cache), prefetch=False)
+        base = dict(yaml.safe_load(task_yaml.read_text()), data_dir=str(cache), prefetch=0)
         if args.cache is None:  # the stand-in has 3 groups per class: one per side
             base.update(num_folds=3)
         loaders = {}
         for protocol in ("ye2018", "yang2017", "group"):
             task = UCF11Task(dict(base, protocol=protocol), seed=0)
             task.prepare()
-            loaders[protocol] = time_loader(task, args.loader_batches)
+            loaders[protocol] = time_loader(task, args.loader_batches, clock)
             print(f"loader {protocol:9s} {loaders[protocol]['batches_per_s']:8.1f} batches/s "
                   f"(batch {loaders[protocol]['shape']})")
         result["loader"] = loaders
@@ -151,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         steps = {}
         for name in args.cells:
             cell = dict(PAPER_CELL, **CELLS[name])
-            steps[name] = time_step(task, cell, args.steps, device)
+            steps[name] = time_step(task, cell, args.steps, device, clock)
             rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
             steps[name]["peak_rss_mb_so_far"] = round(rss)
             print(f"{name:42s} {steps[name]['s_per_step']:.4f} s/step  "

@@ -23,7 +23,8 @@ USAGE = """usage: tlstm <command> [args]
   eval <run dir | ckpt> [overrides] evaluate a checkpoint on the test split; writes eval.json
   info [overrides...]              build the model without data and print parameter counts as JSON
   sample <run dir | ckpt> [--n N]  draw samples from a trained generative model (draw_mnist)
-  reproduce <table> [--collect] [overrides]  run every row of configs/table/<table>.yaml, write table.md/.csv
+  reproduce <table> [--rows A,B] [--collect] [overrides]
+                                   run the rows of configs/table/<table>.yaml; write table.md/.csv
   bench [--quick] [--out F]        speed benchmark of the maps and cells (ratios to dense baselines)
 """
 
@@ -260,9 +261,14 @@ def cmd_reproduce(args: list[str]) -> int:
 
     if not args or args[0].startswith("-"):
         raise UserError(f"tlstm reproduce needs a table name; choose one of: {', '.join(_choices('table'))}")
-    collect = "--collect" in args
-    rest = [a for a in args[1:] if a != "--collect"]
-    return reproduce(args[0], CONFIG_DIR, rest, collect_only=collect)
+    rest, rows = list(args[1:]), None
+    collect = "--collect" in rest
+    rest = [a for a in rest if a != "--collect"]
+    if "--rows" in rest:
+        i = rest.index("--rows")
+        rows = rest[i + 1].split(",")
+        rest = rest[:i] + rest[i + 2 :]
+    return reproduce(args[0], CONFIG_DIR, rest, collect_only=collect, only_rows=rows)
 
 
 def cmd_bench(args: list[str]) -> int:

@@ -29,6 +29,15 @@ from tensorlstm.tasks.draw_mnist import DrawMNISTTask, decoder_cell_config
 D = torch.float64
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """These tests run many tiny ops: one thread is fastest and immune to a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 class LSTMCellNet(RecurrentNet):
     """A stand-in recurrent net on nn.LSTMCell that records the input sizes it was stepped with."""
 
@@ -346,3 +355,36 @@ def test_cache_falls_back_when_data_dir_is_read_only(tmp_path, monkeypatch):
     load_binarized_mnist(data, "fixed", seed=1, valid_size=20)
     assert (tmp_path / "home" / ".cache" / "tensorlstm" / "binarized_mnist_seed1.npz").exists()
     assert not (data / "binarized_mnist_seed1.npz").exists()
+
+
+@pytest.mark.parametrize(
+    "cell,input_map",
+    [
+        ({"name": "lstm", "base": "lstm", "format": "dense"}, 264 * 4 * 256),
+        # BT: N * (sum_k I_k J_k R + R^d), 264 = 11x4x3x2 -> 16x4x4x4 (gates on the first mode)
+        ({"name": "bt", "base": "lstm", "format": "bt", "rank": 4, "blocks": 2},
+         2 * (4 * (11 * 16 + 4 * 4 + 3 * 4 + 2 * 4) + 4**4)),
+        # TT: sum_k r_{k-1} I_k J_k r_k with ranks 1-4-4-4-1
+        ({"name": "tt", "base": "lstm", "format": "tt", "rank": 4},
+         11 * 16 * 4 + 4 * 4 * 4 * 4 + 4 * 3 * 4 * 4 + 4 * 2 * 4),
+    ],
+)
+def test_paper_sized_encoders_have_the_formula_counts(cell, input_map):
+    """Gregor's MNIST sizes (256 hidden, z 100, read 2x2): the encoder input is 2*2*2 + 256 = 264."""
+    from tensorlstm.cells import build_cell
+
+    built = []
+
+    def make(input_size, hidden_size, in_modes=None, hidden_modes=None):
+        built.append(build_cell(cell, input_size, hidden_size, in_modes=in_modes, hidden_modes=hidden_modes))
+        return built[-1]
+
+    cfg = {"decoder_cell": "lstm", "hidden_modes": [4, 4, 4, 4], "encoder_in_modes": [11, 4, 3, 2]}
+    model = DrawMNISTTask(cfg, seed=0).build_model(make)
+    assert built == [model.encoder]
+    assert model.encoder.input_map_params() == input_map
+    dense_decoder = 100 * 1024 + 256 * 1024 + 2 * 1024  # nn.LSTM: W_ih, W_hh, two biases
+    assert sum(p.numel() for p in model.decoder.parameters()) == dense_decoder
+    heads = 256 * 200 + 200 + 256 * 5 + 5 + 256 * 5 + 5 + 256 * 25 + 25  # latent, read/write attention, patch
+    total = sum(p.numel() for p in model.parameters())
+    assert total == sum(p.numel() for p in model.encoder.parameters()) + dense_decoder + heads

@@ -35,7 +35,9 @@ def tiny(name: str):
 
 def gru_factory(hidden: int | None = None):
     def make(input_size, hidden_size, in_modes=None, hidden_modes=None):
-        return build_cell({"name": "gru", "base": "gru", "format": "dense"}, input_size, hidden or hidden_size)
+        return build_cell(
+            {"name": "gru", "base": "gru", "format": "dense"}, input_size, hidden or hidden_size
+        )
 
     return make
 
@@ -62,8 +64,15 @@ def mnist_dir(tmp_path_factory):
 
 
 def mnist_cfg(data_dir, **kw):
-    cfg = {"name": "smnist", "data_dir": str(data_dir), "chunk": 16, "valid_size": 50, "batch_size": 16,
-           "eval_batch_size": 64, "hidden_size": 16}
+    cfg = {
+        "name": "smnist",
+        "data_dir": str(data_dir),
+        "chunk": 16,
+        "valid_size": 50,
+        "batch_size": 16,
+        "eval_batch_size": 64,
+        "hidden_size": 16,
+    }
     return cfg | kw
 
 
@@ -135,7 +144,9 @@ def test_pmnist_permutation_is_a_fixed_bijection_applied_to_the_pixels(mnist_dir
     expected = (pixels.double() / 255.0)[:, p].view(2, 28, 28)
     torch.testing.assert_close(seen["x"].double(), expected)
     assert float(seen["x"].max()) <= 1.0 and float(seen["x"].min()) >= 0.0
-    smnist = SequentialMNISTTask(mnist_cfg(mnist_dir, chunk=28), seed=0).build_model(lambda *a, **k: Recorder())
+    smnist = SequentialMNISTTask(mnist_cfg(mnist_dir, chunk=28), seed=0).build_model(
+        lambda *a, **k: Recorder()
+    )
     smnist(pixels)
     torch.testing.assert_close(seen["x"].double(), (pixels.double() / 255.0).view(2, 28, 28))
 
@@ -154,7 +165,6 @@ def test_smnist_learns_on_tiny_data(mnist_dir):
     losses = train_steps(task, model, 45, lr=1e-2)
     after = task.evaluate(model, "valid")
     assert np.mean(losses[-8:]) < 0.75 * np.mean(losses[:8])
-    print(before, after)
     assert after["accuracy"] > max(0.5, before["accuracy"] + 0.3)
     assert set(after) >= {"accuracy", "nll"}
 
@@ -185,8 +195,17 @@ def test_text_readers_split_and_decode(tmp_path):
 
 
 def lm_cfg(data_dir, **kw):
-    cfg = {"name": "char_lm", "data_dir": str(data_dir), "dataset": "tiny.txt", "batch_size": 4, "bptt": 8,
-           "eval_batch_size": 3, "embed_size": 8, "hidden_size": 16, "sample_length": 30}
+    cfg = {
+        "name": "char_lm",
+        "data_dir": str(data_dir),
+        "dataset": "tiny.txt",
+        "batch_size": 4,
+        "bptt": 8,
+        "eval_batch_size": 3,
+        "embed_size": 8,
+        "hidden_size": 16,
+        "sample_length": 30,
+    }
     return cfg | kw
 
 
@@ -223,10 +242,14 @@ def test_char_lm_state_is_carried_and_reset_at_epoch_start(text_dir):
     assert state is not None
     l1_carried, _, _ = task.loss(model, task.train_batch(1), state)
     l1_fresh, _, _ = task.loss(model, task.train_batch(1), None)
-    assert float(l1_carried.detach()) != pytest.approx(float(l1_fresh.detach()), abs=1e-7)  # the state matters
+    assert float(l1_carried.detach()) != pytest.approx(
+        float(l1_fresh.detach()), abs=1e-7
+    )  # the state matters
     junk = tuple(torch.randn_like(t) for t in state)
     l0_junk, _, _ = task.loss(model, task.train_batch(task.steps_per_epoch), junk)
-    assert float(l0_junk.detach()) == pytest.approx(float(l0.detach()), abs=1e-6)  # epoch start ignores the old state
+    assert float(l0_junk.detach()) == pytest.approx(
+        float(l0.detach()), abs=1e-6
+    )  # epoch start ignores the old state
 
 
 class FixedDistribution(nn.Module):
@@ -271,7 +294,10 @@ def test_char_lm_learns_and_writes_samples(text_dir, tmp_path):
     paths = task.artifacts(model, tmp_path, 40)
     assert [p.name for p in paths] == ["sample_40.txt"]
     text = paths[0].read_text()
-    assert "|>>|" in text and set(text.split("|>>|", 1)[1].strip("\n")) <= set(task.corpus.vocab)
+    body = text.split("\n", 1)[1]  # after the header line: prime |>>| sample
+    prime, sample = body.split("|>>|")
+    assert prime == task.corpus.decode(task.corpus.valid[:50]) and len(sample) == 30 + 1
+    assert set(sample) <= set(task.corpus.vocab)
 
 
 # ---------------------------------------------------------------------------------------- polyphonic
@@ -286,7 +312,7 @@ def test_piano_roll_reader(tmp_path):
     assert int(lengths[0]) == len(seq) and rolls.shape == (2, max(len(seq), len(raw["train"][0])), 88)
     for t, notes in enumerate(seq):
         assert set(torch.nonzero(rolls[0, t]).flatten().tolist()) == {p - 21 for p in notes}
-    assert int(rolls[0, len(seq):].sum()) == 0  # padding is silent
+    assert int(rolls[0, len(seq) :].sum()) == 0  # padding is silent
     roll = roll_from_sequence([(21, 108), ()])
     assert roll[0, 0] == 1 and roll[0, 87] == 1 and roll.sum() == 2
     with pytest.raises(UserError, match="outside the piano range"):
@@ -320,8 +346,15 @@ def test_nll_and_frame_accuracy_on_hand_made_cases():
 
 
 def poly_cfg(data_dir, **kw):
-    cfg = {"name": "polyphonic", "data_dir": str(data_dir), "dataset": "JSB_Chorales", "batch_size": 4,
-           "eval_batch_size": 5, "embed_size": 16, "hidden_size": 24}
+    cfg = {
+        "name": "polyphonic",
+        "data_dir": str(data_dir),
+        "dataset": "JSB_Chorales",
+        "batch_size": 4,
+        "eval_batch_size": 5,
+        "embed_size": 16,
+        "hidden_size": 24,
+    }
     return cfg | kw
 
 
@@ -331,12 +364,14 @@ def poly_dir(tmp_path_factory):
 
 
 class ConstantLogit(nn.Module):
-    def __init__(self, z: float) -> None:
+    """Predicts the same logits (a float, or one per note) at every frame."""
+
+    def __init__(self, z) -> None:
         super().__init__()
-        self.z = z
+        self.z = torch.as_tensor(z, dtype=torch.float64)
 
     def forward(self, frames, lengths=None):
-        return torch.full(frames.shape, self.z, dtype=torch.float64)
+        return self.z.expand(frames.shape).clone()
 
 
 @pytest.mark.parametrize("predict_first", [False, True])
@@ -360,8 +395,10 @@ def test_polyphonic_evaluate_equals_closed_form(poly_dir, predict_first):
 
 
 def test_polyphonic_batches_deterministic_and_cover_an_epoch(poly_dir):
-    a, b = PolyphonicTask(poly_cfg(poly_dir, batch_size=5), seed=2), PolyphonicTask(poly_cfg(poly_dir, batch_size=5),
-                                                                                     seed=2)
+    a, b = (
+        PolyphonicTask(poly_cfg(poly_dir, batch_size=5), seed=2),
+        PolyphonicTask(poly_cfg(poly_dir, batch_size=5), seed=2),
+    )
     a.prepare()
     b.prepare()
     assert a.steps_per_epoch == 5  # ceil(24 / 5): the last batch is smaller
@@ -374,15 +411,18 @@ def test_polyphonic_batches_deterministic_and_cover_an_epoch(poly_dir):
 
 def test_polyphonic_learns_on_tiny_data(poly_dir):
     torch.manual_seed(0)
-    task = PolyphonicTask(poly_cfg(poly_dir), seed=0)
+    task = PolyphonicTask(poly_cfg(poly_dir, embed_size=32, hidden_size=32), seed=0)
     task.prepare()
+    # the best model that ignores the past: each note on with its training frequency
+    freq = task.data["train"].frames.double().mean(0).clamp(1e-3, 1 - 1e-3)
+    unigram = task.evaluate(ConstantLogit(torch.log(freq / (1 - freq))), "valid")
     model = task.build_model(gru_factory())
     before = task.evaluate(model, "valid")
-    losses = train_steps(task, model, 150, lr=1e-2)
+    losses = train_steps(task, model, 200, lr=3e-2)
     after = task.evaluate(model, "valid")
-    print(before, after)
-    assert np.mean(losses[-8:]) < 0.2 * np.mean(losses[:8])
-    assert after["nll"] < 0.2 * before["nll"] and after["frame_accuracy"] > 0.5
+    assert np.mean(losses[-8:]) < 0.1 * np.mean(losses[:8])
+    assert after["nll"] < 0.6 * unigram["nll"] < 0.1 * before["nll"]  # it uses the previous frames
+    assert after["frame_accuracy"] > 0.4
 
 
 # --------------------------------------------------------------------------------------- missing data
@@ -418,8 +458,15 @@ def test_bad_pickle_layout_is_a_user_error(tmp_path):
 
 
 # ------------------------------------------------------------------------------ Tjandra 2018 configs
-TJANDRA = {"gru": 1_181_184, "cp50": 6_136, "cp80": 8_896, "cp110": 11_656, "tucker2222": 2_232,
-           "tucker2424": 10_008, "ttgru": 11_392}
+TJANDRA = {
+    "gru": 1_181_184,
+    "cp50": 6_136,
+    "cp80": 8_896,
+    "cp110": 11_656,
+    "tucker2222": 2_232,
+    "tucker2424": 10_008,
+    "ttgru": 11_392,
+}
 
 
 def test_tjandra2018_experiments_have_the_papers_parameter_counts():
@@ -431,7 +478,9 @@ def test_tjandra2018_experiments_have_the_papers_parameter_counts():
     root = pathlib.Path(__file__).parents[1] / "configs"
     table = OmegaConf.to_container(OmegaConf.load(root / "table" / "tjandra2018_polyphonic.yaml"))
     rows = {(r["experiment"], r["paper"]["params"]) for r in table["rows"]}
-    assert len(table["rows"]) == 28 and {e for e, _ in rows} == {f"tjandra2018_polyphonic_{k}" for k in TJANDRA}
+    assert len(table["rows"]) == 28 and {e for e, _ in rows} == {
+        f"tjandra2018_polyphonic_{k}" for k in TJANDRA
+    }
     for key, params in TJANDRA.items():
         _, cfg = load_config([f"experiment=tjandra2018_polyphonic_{key}"])
         _, model, factory = build(cfg)

@@ -170,6 +170,10 @@ def test_prepare_resumes_after_a_crash_and_decodes_only_new_clips(source, tmp_pa
         f.write(b"\xff" * 1000)
     repaired = prepare_cache(source, out, size=(16, 12), **QUIET)
     assert repaired.n_new == 1 and _sha(out / FRAMES_FILE) == digest
+    # a lost frames file: every clip is decoded again, to the same bytes
+    (out / FRAMES_FILE).unlink()
+    rebuilt = prepare_cache(source, out, size=(16, 12), **QUIET)
+    assert (rebuilt.n_clips, rebuilt.n_new) == (N_GOOD, N_GOOD) and _sha(out / FRAMES_FILE) == digest
     with pytest.raises(UserError, match="another --out"):
         prepare_cache(source, out, size=(32, 24), **QUIET)
 
@@ -196,6 +200,10 @@ def test_download_fails_fast_offline(tmp_path):
                          log=lambda _m: None)
     assert time.monotonic() - start < 10
     assert not list(tmp_path.glob("*.part"))
+    # an already extracted release is used as is, without touching the network
+    (tmp_path / "UCF11_updated_mpg" / "biking").mkdir(parents=True)
+    root = download_release(tmp_path, url="https://ucf11.invalid/x.rar", log=lambda _m: None)
+    assert root == tmp_path / "UCF11_updated_mpg"
 
 
 # ------------------------------------------------------------------------------------------------- splits
@@ -266,14 +274,14 @@ def test_task_errors(tmp_path, small_cache):
 
 def test_train_batches_are_pure_and_sample_frames_in_order(cache):
     cfg = task_cfg(cache, protocol="ye2018")  # cache is 160x120: frames are resized to 16x12 on load
-    a, b = UCF11Task(cfg, seed=5), UCF11Task(dict(cfg, prefetch=False), seed=5)
+    a, b = UCF11Task(cfg, seed=5), UCF11Task(dict(cfg, prefetch=0), seed=5)
     a.prepare()
     b.prepare()
     batch = a.train_batch(7)
     assert batch["frames"].shape == (4, 6, 12, 16, 3) and batch["frames"].dtype == torch.uint8
     assert "lengths" not in batch
     # same (seed, step), same batch: with or without prefetching, in any order
-    for step in (7, 8, 3, 8):
+    for step in (7, 8, 9, 3, 8, 8):
         x, y = a.train_batch(step), b.train_batch(step)
         assert all(torch.equal(x[k], y[k]) for k in x)
     assert not torch.equal(batch["frames"], a.train_batch(8)["frames"])

@@ -27,6 +27,7 @@ import warnings
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
@@ -84,7 +85,14 @@ class TensorizedLSTM(RecurrentNet):
             self.cell_gain = nn.Parameter(torch.ones(1, M))
             self.cell_shift = nn.Parameter(torch.zeros(1, M))
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self.register_buffer("cross_table", cross_layer_table(geometry), persistent=False)
+        # Cross-layer taps: the hidden ones gather from [H_{t-1}; a zero row]; the (location, tap) pairs that
+        # read the input location are computed for all steps at once (``_input_terms``) and added per step.
+        table = cross_layer_table(geometry)
+        N = geometry.locations
+        reads_input = table == N
+        self.register_buffer("hidden_table", table.clamp(max=N), persistent=False)  # N: the zero row
+        self.register_buffer("input_locations", reads_input.nonzero()[:, 0], persistent=False)
+        self.register_buffer("input_taps", reads_input.nonzero()[:, 1], persistent=False)
         self.register_buffer("memory_table", memory_table(geometry), persistent=False)
 
     # -- state ---------------------------------------------------------------------------------------------
@@ -95,12 +103,17 @@ class TensorizedLSTM(RecurrentNet):
         return (zeros, zeros.clone())
 
     # -- one step ------------------------------------------------------------------------------------------
-    def _cell(self, xp: torch.Tensor, h: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """xp: projected input (B, M); h, c: (B, N, M) -> new (h, c)."""
+    def _input_terms(self, xp: torch.Tensor) -> torch.Tensor:
+        """Input location's share of A_t: xp (..., M) -> (..., pairs, M^o), one term per input-reading tap."""
+        return torch.einsum("...m,pmo->...po", xp, self.weight[self.input_taps])
+
+    def _cell(self, x_terms: torch.Tensor, h: torch.Tensor, c: torch.Tensor) -> State:
+        """x_terms: (B, pairs, M^o) from ``_input_terms``; h, c: (B, N, M) -> new (h, c)."""
         B, N, M = h.shape
-        source = torch.cat([h, xp.unsqueeze(1), h.new_zeros(B, 1, M)], dim=1)  # H^cat + a zero row
-        patches = source[:, self.cross_table].reshape(B, N, -1)  # (B, N, taps * M)
-        a = torch.matmul(patches, self.weight.view(-1, self.weight.shape[-1])) + self.bias  # (B, N, M^o)
+        source = F.pad(h, (0, 0, 0, 1))  # H_{t-1} and a zero row (zero padding)
+        patches = source[:, self.hidden_table].view(B * N, -1)  # im2col: (B N, taps * M)
+        a = torch.addmm(self.bias, patches, self.weight.view(-1, self.weight.shape[-1])).view(B, N, -1)
+        a = a.index_add(1, self.input_locations, x_terms)  # (B, N, M^o) = A_t
         gates = a[..., : 4 * M].unflatten(-1, (4, M))  # (B, N, 4, M)
         if self.norm != "none":
             gates = normalize(gates, self.norm, self.gate_gain, self.gate_shift)
@@ -118,7 +131,7 @@ class TensorizedLSTM(RecurrentNet):
 
     def step(self, x_t: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         """One step; returns the raw top output of this step (the output for input step t - delay)."""
-        h, c = self._cell(self.input_proj(x_t), *state)
+        h, c = self._cell(self._input_terms(self.input_proj(x_t)), *state)
         return h[:, -1], (h, c)
 
     # -- sequences -----------------------------------------------------------------------------------------
@@ -130,11 +143,12 @@ class TensorizedLSTM(RecurrentNet):
         xp = self.input_proj(x)  # all B x T rows at once, before the time loop
         if self.delay:  # blank (zero) inputs after the last step: their projection is b^x
             xp = torch.cat([xp, self.input_proj.bias.to(xp.dtype).expand(B, self.delay, self.M)], dim=1)
+        x_terms = self._input_terms(xp)  # (B, T + delay, pairs, M^o): the input's share of A for all steps
         final = (h, c)
         last = None if lengths is None else lengths.to(x.device) - 1
         outputs = []
         for s in range(T + self.delay):
-            h, c = self._cell(xp[:, s], h, c)
+            h, c = self._cell(x_terms[:, s], h, c)
             if s >= self.delay:
                 outputs.append(h[:, -1])
             if s < T:

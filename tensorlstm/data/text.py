@@ -89,7 +89,9 @@ def split_by_fractions(n: int, fractions=STANDARD_SPLIT) -> tuple[int, int]:
     """End offsets of train and valid for a stream of n symbols (test is the rest)."""
     fr = [float(f) for f in fractions]
     if len(fr) != 3 or min(fr) < 0 or abs(sum(fr) - 1.0) > 1e-6:
-        raise UserError(f"task.split must be three non-negative fractions summing to 1, got {list(fractions)}")
+        raise UserError(
+            f"task.split must be three non-negative fractions summing to 1, got {list(fractions)}"
+        )
     n_train = int(round(n * fr[0]))
     n_valid = int(round(n * fr[1]))
     return n_train, n_train + n_valid
@@ -128,7 +130,9 @@ def read_chars_corpus(path: Path, fractions=STANDARD_SPLIT) -> CharCorpus:
 def ptb_char_symbols(text: str) -> str:
     """PTB-char file text -> the character stream: tokens are space-separated, `_` is a space,
     every line ends with a newline."""
-    return "".join("".join(" " if tok == "_" else tok for tok in line.split()) + "\n" for line in text.splitlines())
+    return "".join(
+        "".join(" " if tok == "_" else tok for tok in line.split()) + "\n" for line in text.splitlines()
+    )
 
 
 def read_ptb_char(data_dir: Path) -> CharCorpus:
@@ -136,8 +140,9 @@ def read_ptb_char(data_dir: Path) -> CharCorpus:
     for split in ("train", "valid", "test"):
         path = data_dir / f"ptb.char.{split}.txt"
         if not path.is_file():
-            raise UserError(f"PTB-char file {path} not found: task.dataset=ptb_char expects {PTB_HELP} in "
-                            f"task.data_dir")
+            raise UserError(
+                f"PTB-char file {path} not found: task.dataset=ptb_char expects {PTB_HELP} in task.data_dir"
+            )
         streams.append(ptb_char_symbols(path.read_text(encoding="utf-8")))
     lens = [len(s) for s in streams]
     codes = np.frombuffer("".join(streams).encode("utf-32-le"), dtype=np.uint32)
@@ -161,8 +166,9 @@ def load_char_corpus(
         return read_ptb_char(data_dir)
     path = data_dir / dataset
     if not path.is_file():
-        raise UserError(f"char_lm: {path} not found; task.dataset={dataset} expects {_expected(dataset)} "
-                        f"in task.data_dir")
+        raise UserError(
+            f"char_lm: {path} not found; task.dataset={dataset} expects {_expected(dataset)} in task.data_dir"
+        )
     if dataset in BYTE_CORPORA:
         # enwik8 is byte-level by definition; text8 is ASCII, so bytes == characters
         return read_bytes_corpus(path, fractions)
@@ -178,5 +184,7 @@ def _expected(dataset: str) -> str:
         return PTB_HELP
     if dataset in BYTE_CORPORA:
         return f"the file {dataset!r} from {BYTE_CORPORA[dataset]}"
-    return (f"a plain text file named {dataset!r} (or set task.dataset to enwik8, text8, ptb_char or the name "
-            f"of a text file there)")
+    return (
+        f"a plain text file named {dataset!r} (or set task.dataset to enwik8, text8, ptb_char or the name "
+        f"of a text file there)"
+    )

@@ -167,6 +167,10 @@ class FrameFile:
                     "use another --out or delete the cache"
                 )
 
+    def stored_frames(self) -> int:
+        """Whole frames present on disk (the header may lag behind the data after a crash)."""
+        return max(0, (os.path.getsize(self.path) - _HEADER_LEN) // self.frame_bytes)
+
     def truncate(self, n_frames: int) -> None:
         """Keep the first ``n_frames`` frames (drop what a crashed run appended after its last commit)."""
         self.file.truncate(_HEADER_LEN + n_frames * self.frame_bytes)
@@ -275,14 +279,18 @@ def prepare_cache(
         index = {"format": CACHE_FORMAT, "version": 1, **settings, "frames_file": FRAMES_FILE, "clips": [],
                  "failed": []}
     index.update(source=str(root.resolve()), classes=classes, complete=False)
+    frames_file = FrameFile(out / FRAMES_FILE, (int(size[1]), int(size[0]), 3))
+    # keep the clips whose frames are on disk (all of them unless frames.npy was lost or cut short), and
+    # drop frames a crashed run appended after its last index commit
+    stored = frames_file.stored_frames()
+    index["clips"] = [c for c in index["clips"] if c["offset"] + c["n_frames"] <= stored]
+    total = max((c["offset"] + c["n_frames"] for c in index["clips"]), default=0)
+    frames_file.truncate(total)
     done = {c["path"] for c in index["clips"]}
     failed_before = {f["path"] for f in index["failed"]}
     if retry_failed:
         index["failed"] = []
     todo = [c for c in clips if c.path not in done and (retry_failed or c.path not in failed_before)]
-    total = sum(c["n_frames"] for c in index["clips"])
-    frames_file = FrameFile(out / FRAMES_FILE, (int(size[1]), int(size[0]), 3))
-    frames_file.truncate(total)  # drop frames a crashed run appended after its last index commit
     log(f"UCF11: {len(clips)} clips in {root}; {len(done)} already cached, {len(todo)} to decode")
     n_new = 0
     try:
@@ -333,7 +341,10 @@ def download_release(dest: str | Path, url: str = UCF11_URL, timeout: float = 15
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     archive = dest / url.rsplit("/", 1)[-1]
-    if not (dest / RELEASE_DIR).is_dir():
+    extracted = (dest / RELEASE_DIR).is_dir() or any((dest / c).is_dir() for c in UCF11_CLASSES)
+    if extracted:
+        log(f"UCF11 already extracted in {dest}; not downloading")
+    else:
         if not archive.exists():
             part = archive.with_name(archive.name + ".part")
             log(f"downloading {url} -> {archive}")

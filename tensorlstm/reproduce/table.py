@@ -94,12 +94,19 @@ def render(table: dict, rows: list[dict], out_dir: Path) -> str:
 
 
 def reproduce(name: str, config_dir: Path, overrides: list[str], collect_only: bool = False,
-              out_root: Path = Path("outputs/reproduce")) -> int:
+              only_rows: list[str] | None = None, out_root: Path = Path("outputs/reproduce")) -> int:
     table = load_table(name, config_dir)
+    selected = table["rows"]
+    if only_rows:
+        known = [r["name"] for r in table["rows"]]
+        unknown = [r for r in only_rows if r not in known]
+        if unknown:
+            raise UserError(f"table {name} has no row(s) {', '.join(unknown)}; its rows: {', '.join(known)}")
+        selected = [r for r in selected if r["name"] in only_rows]
     out_dir = out_root / name
     failed = []
     rows = []
-    for row in table["rows"]:
+    for row in selected:
         run_dir = out_dir / slug(row["name"])
         if not collect_only and not (run_dir / "summary.json").is_file():
             if run_row(row, run_dir, overrides) != 0:

@@ -3,7 +3,7 @@
 Generated on the fly: the training batch of step s comes from a generator seeded by (seed, s), so a resumed
 run sees the same batches; the validation and test sets are fixed by the seed and disjoint in their seeds.
 
-addition, n digits (most significant first; 2545 + 9542 with n = 4):
+addition, n digits (most significant first, or least significant first with reverse_digits; 2545 + 9542):
     input   2 5 4 5 - 9 5 4 2 - - - - - -
     target  . . . . . . . . . . 1 2 0 8 7      ('.' = no loss; the sum has n + 1 digits, zero-padded)
 memorization, n symbols from a vocabulary of V:
@@ -109,6 +109,7 @@ class AdditionTask(GeneratedSequenceTask):
     def __init__(self, cfg: dict, seed: int) -> None:
         super().__init__(cfg, seed)
         self.digits = int(cfg.get("digits", 15))
+        self.reverse = bool(cfg.get("reverse_digits", False))
         self.vocab = 11  # 0-9 and '-'
         self.classes = 10
 
@@ -118,6 +119,8 @@ class AdditionTask(GeneratedSequenceTask):
         b = torch.randint(0, 10, (n, k), generator=gen)
         total = _to_int(a) + _to_int(b)
         answer = _to_digits(total, k + 1)
+        if self.reverse:  # least significant digit first: carries flow forward in time
+            a, b, answer = a.flip(1), b.flip(1), answer.flip(1)
         blank = torch.full((n, 1), 10)
         x = torch.cat([a, blank, b, blank, torch.full((n, k + 1), 10)], dim=1)
         y = torch.zeros_like(x)

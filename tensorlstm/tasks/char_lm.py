@@ -39,8 +39,10 @@ def stream_windows(ids: torch.Tensor, streams: int) -> tuple[torch.Tensor, torch
     """Inputs and next-symbol targets as (streams, n) views of one 1-D stream (n = (len-1) // streams)."""
     n = (ids.numel() - 1) // streams
     if n < 1:
-        raise UserError(f"a split of {ids.numel()} symbols cannot be cut into {streams} streams; "
-                        "lower task.batch_size / task.eval_batch_size or use more text")
+        raise UserError(
+            f"a split of {ids.numel()} symbols cannot be cut into {streams} streams; "
+            "lower task.batch_size / task.eval_batch_size or use more text"
+        )
     return ids[: streams * n].view(streams, n), ids[1 : streams * n + 1].view(streams, n)
 
 
@@ -96,9 +98,15 @@ class CharLMTask(Task):
         self._model_vocab = vocab
         embed = self.cfg.get("embed_size")
         input_size = int(embed) if embed else vocab
-        rnn = make_cell(input_size, int(self.cfg.get("hidden_size", 512)),
-                        in_modes=self.cfg.get("in_modes"), hidden_modes=self.cfg.get("hidden_modes"))
-        return CharLanguageModel(rnn, vocab, int(embed) if embed else None, float(self.cfg.get("dropout", 0.0)))
+        rnn = make_cell(
+            input_size,
+            int(self.cfg.get("hidden_size", 512)),
+            in_modes=self.cfg.get("in_modes"),
+            hidden_modes=self.cfg.get("hidden_modes"),
+        )
+        return CharLanguageModel(
+            rnn, vocab, int(embed) if embed else None, float(self.cfg.get("dropout", 0.0))
+        )
 
     # -- data ------------------------------------------------------------------------------------
     def prepare(self) -> None:
@@ -110,12 +118,16 @@ class CharLMTask(Task):
         )
         built = getattr(self, "_model_vocab", None)
         if built is not None and built < self.corpus.vocab_size:
-            raise UserError(f"the text has {self.corpus.vocab_size} symbols but the model was built for {built}; "
-                            f"set task.vocab_size={self.corpus.vocab_size}")
+            raise UserError(
+                f"the text has {self.corpus.vocab_size} symbols but the model was built for {built}; "
+                f"set task.vocab_size={self.corpus.vocab_size}"
+            )
         self._train_x, self._train_y = stream_windows(self.corpus.train, self.batch_size)
         if self._train_x.shape[1] < self.bptt:
-            raise UserError(f"the training text gives streams of {self._train_x.shape[1]} symbols, shorter than "
-                            f"task.bptt={self.bptt}; lower task.bptt or task.batch_size")
+            raise UserError(
+                f"the training text gives streams of {self._train_x.shape[1]} symbols, shorter than "
+                f"task.bptt={self.bptt}; lower task.bptt or task.batch_size"
+            )
 
     @property
     def steps_per_epoch(self) -> int:
@@ -156,15 +168,23 @@ class CharLMTask(Task):
         for start in range(0, xs.shape[1], self.bptt):
             logits, state = model(xs[:, start : start + self.bptt], state)
             target = ys[:, start : start + self.bptt].reshape(-1).long()
-            total += float(F.cross_entropy(full_precision(logits).reshape(-1, logits.shape[-1]), target, reduction="sum"))
+            total += float(
+                F.cross_entropy(full_precision(logits).reshape(-1, logits.shape[-1]), target, reduction="sum")
+            )
         model.train(was_training)
         count = ys.numel()
         return {"bpc": bits_per_char(total, count), "nll": total / count}
 
     # -- samples ---------------------------------------------------------------------------------
     @torch.no_grad()
-    def sample(self, model: nn.Module, length: int, prime: torch.Tensor, generator: torch.Generator,
-               temperature: float = 1.0) -> torch.Tensor:
+    def sample(
+        self,
+        model: nn.Module,
+        length: int,
+        prime: torch.Tensor,
+        generator: torch.Generator,
+        temperature: float = 1.0,
+    ) -> torch.Tensor:
         """Feed `prime` (1-D ids), then draw `length` symbols one at a time. Returns the drawn ids."""
         was_training = model.training
         model.eval()
@@ -185,11 +205,16 @@ class CharLMTask(Task):
         if length <= 0 or self.corpus is None:
             return []
         prime = self.corpus.valid[: max(1, int(self.cfg.get("sample_prime", 50)))]
-        drawn = self.sample(model, length, prime, torch.Generator().manual_seed(self.seed * 7919 + step),
-                            float(self.cfg.get("sample_temperature", 1.0)))
+        drawn = self.sample(
+            model,
+            length,
+            prime,
+            torch.Generator().manual_seed(self.seed * 7919 + step),
+            float(self.cfg.get("sample_temperature", 1.0)),
+        )
         path = Path(run_dir) / f"sample_{step}.txt"
         path.write_text(
-            f"# step {step}; prime ({len(prime)} symbols of the validation text) then {length} sampled symbols\n"
+            f"# step {step}: {len(prime)} symbols of the validation text, |>>|, {length} sampled symbols\n"
             f"{self.corpus.decode(prime)}|>>|{self.corpus.decode(drawn)}\n",
             encoding="utf-8",
         )

@@ -52,7 +52,9 @@ class PixelSequenceClassifier(nn.Module):
         self.chunk = chunk
         self.head = nn.Linear(rnn.output_size, NUM_CLASSES)
         # a buffer, so the permutation travels with the checkpoint
-        self.register_buffer("order", order if order is not None else torch.arange(NUM_PIXELS), persistent=True)
+        self.register_buffer(
+            "order", order if order is not None else torch.arange(NUM_PIXELS), persistent=True
+        )
         self.permuted = order is not None
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -73,7 +75,9 @@ class SequentialMNISTTask(Task):
         self.chunk = int(cfg.get("chunk", 1))
         if self.chunk < 1 or NUM_PIXELS % self.chunk:
             divisors = [d for d in range(1, NUM_PIXELS + 1) if NUM_PIXELS % d == 0]
-            raise UserError(f"task.chunk={self.chunk} must divide 784 (pixels per step); choose one of {divisors}")
+            raise UserError(
+                f"task.chunk={self.chunk} must divide 784 (pixels per step); choose one of {divisors}"
+            )
         self.batch_size = int(cfg.get("batch_size", 100))
         self.eval_batch_size = int(cfg.get("eval_batch_size", 1000))
         if self.batch_size < 1 or self.eval_batch_size < 1:
@@ -86,8 +90,12 @@ class SequentialMNISTTask(Task):
         return None
 
     def build_model(self, make_cell: CellFactory) -> nn.Module:
-        rnn = make_cell(self.chunk, int(self.cfg.get("hidden_size", 128)),
-                        in_modes=self.cfg.get("in_modes"), hidden_modes=self.cfg.get("hidden_modes"))
+        rnn = make_cell(
+            self.chunk,
+            int(self.cfg.get("hidden_size", 128)),
+            in_modes=self.cfg.get("in_modes"),
+            hidden_modes=self.cfg.get("hidden_modes"),
+        )
         return PixelSequenceClassifier(rnn, self.chunk, self.pixel_order())
 
     # -- data ------------------------------------------------------------------------------------
@@ -98,8 +106,10 @@ class SequentialMNISTTask(Task):
         labels = torch.from_numpy(labels)
         valid_size = int(self.cfg.get("valid_size", 5000))
         if not 0 < valid_size < len(images):
-            raise UserError(f"task.valid_size={valid_size} must be between 1 and {len(images) - 1} "
-                            f"(the training set has {len(images)} images)")
+            raise UserError(
+                f"task.valid_size={valid_size} must be between 1 and {len(images) - 1} "
+                f"(the training set has {len(images)} images)"
+            )
         split_seed = self.cfg.get("split_seed")
         split_seed = self.seed if split_seed is None else int(split_seed)
         perm = torch.randperm(len(images), generator=seeded_generator(split_seed, 5151))
@@ -110,11 +120,15 @@ class SequentialMNISTTask(Task):
         self.data["train"] = (images[train_idx].contiguous(), labels[train_idx].contiguous())
         self.data["valid"] = (images[valid_idx].contiguous(), labels[valid_idx].contiguous())
         test_images, test_labels = load_mnist(data_dir, "test")
-        self.data["test"] = (torch.from_numpy(test_images.reshape(len(test_images), NUM_PIXELS).copy()),
-                             torch.from_numpy(test_labels))
+        self.data["test"] = (
+            torch.from_numpy(test_images.reshape(len(test_images), NUM_PIXELS).copy()),
+            torch.from_numpy(test_labels),
+        )
         if len(self.data["train"][0]) < self.batch_size:
-            raise UserError(f"task.batch_size={self.batch_size} is larger than the training set "
-                            f"({len(self.data['train'][0])} images); lower it")
+            raise UserError(
+                f"task.batch_size={self.batch_size} is larger than the training set "
+                f"({len(self.data['train'][0])} images); lower it"
+            )
 
     @property
     def steps_per_epoch(self) -> int:
@@ -131,7 +145,8 @@ class SequentialMNISTTask(Task):
         epoch, i = divmod(step, self.steps_per_epoch)
         idx = self._epoch_order(epoch)[i * self.batch_size : (i + 1) * self.batch_size]
         images, labels = self.data["train"]
-        return {"pixels": images[idx], "labels": labels[idx]}
+        # index_select: a plain gather, much faster than advanced indexing when cores are oversubscribed
+        return {"pixels": images.index_select(0, idx), "labels": labels.index_select(0, idx)}
 
     # -- objective -------------------------------------------------------------------------------
     def loss(self, model: nn.Module, batch: Batch, state=None):
@@ -162,4 +177,3 @@ class PermutedMNISTTask(SequentialMNISTTask):
 
     def pixel_order(self) -> torch.Tensor | None:
         return pixel_permutation(int(self.cfg.get("permutation_seed", 0)))
-

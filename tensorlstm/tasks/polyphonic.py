@@ -29,7 +29,9 @@ from tensorlstm.tasks.base import Batch, CellFactory, Task
 from tensorlstm.tasks.mnist_seq import full_precision, seeded_generator
 
 
-def masked_nll(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def masked_nll(
+    logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(sum over masked frames of the BCE summed over notes, number of masked frames).
 
     logits, targets: (B, T, 88); mask: (B, T) bool."""
@@ -52,7 +54,7 @@ def frame_accuracy(tp: float, fp: float, fn: float) -> float:
 
 
 class PianoRollModel(nn.Module):
-    """Frames (B, T, 88) -> Linear + LeakyReLU(0.1) -> dropout -> RNN -> dropout -> Linear -> logits (B, T, 88)."""
+    """Frames (B, T, 88) -> Linear + LeakyReLU(0.1) -> dropout -> RNN -> dropout -> Linear -> logits."""
 
     def __init__(self, rnn: RecurrentNet, embed_size: int, dropout: float) -> None:
         super().__init__()
@@ -84,14 +86,19 @@ class PolyphonicTask(Task):
 
     def build_model(self, make_cell: CellFactory) -> nn.Module:
         embed = int(self.cfg.get("embed_size", 256))
-        rnn = make_cell(embed, int(self.cfg.get("hidden_size", 512)),
-                        in_modes=self.cfg.get("in_modes"), hidden_modes=self.cfg.get("hidden_modes"))
+        rnn = make_cell(
+            embed,
+            int(self.cfg.get("hidden_size", 512)),
+            in_modes=self.cfg.get("in_modes"),
+            hidden_modes=self.cfg.get("hidden_modes"),
+        )
         return PianoRollModel(rnn, embed, float(self.cfg.get("dropout", 0.0)))
 
     # -- data ------------------------------------------------------------------------------------
     def prepare(self) -> None:
-        self.data = load_piano_rolls(self.cfg.get("data_dir", "data/polyphonic"),
-                                     str(self.cfg.get("dataset", "JSB_Chorales")))
+        self.data = load_piano_rolls(
+            self.cfg.get("data_dir", "data/polyphonic"), str(self.cfg.get("dataset", "JSB_Chorales"))
+        )
 
     @property
     def steps_per_epoch(self) -> int:
@@ -104,7 +111,7 @@ class PolyphonicTask(Task):
         return self._epoch_cache[1]
 
     def train_batch(self, step: int) -> Batch:
-        """Sequences of batch `step` (shuffled per epoch from (seed, epoch)): rolls (B, T, 88) uint8, lengths."""
+        """Batch `step` of its epoch's order (drawn from (seed, epoch)): rolls (B, T, 88) uint8, lengths."""
         epoch, i = divmod(step, self.steps_per_epoch)
         idx = self._epoch_order(epoch)[i * self.batch_size : (i + 1) * self.batch_size]
         rolls, lengths = self.data["train"].batch(idx)

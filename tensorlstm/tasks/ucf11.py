@@ -37,6 +37,14 @@ from tensorlstm.tasks.base import Batch, CellFactory, Task
 NORMALIZATIONS = ("center", "channel_mean")
 
 
+def copy_runs(dst: np.ndarray, src: np.ndarray, rows: np.ndarray) -> None:
+    """dst[:len(rows)] = src[rows] for sorted rows, one slice copy per run of consecutive rows (no temporary
+    array; a memmap reads each run sequentially)."""
+    breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+    for start, end in zip(np.r_[0, breaks], np.r_[breaks, len(rows)]):
+        dst[start:end] = src[rows[start] : rows[start] + (end - start)]
+
+
 class FrameClassifier(nn.Module):
     """uint8 frames (B, T, H, W, 3) -> centred frame vectors -> recurrent net -> dropout -> logits (B, C)."""
 
@@ -94,9 +102,9 @@ class UCF11Task(Task):
                             f"choose one of: {', '.join(NORMALIZATIONS)}")
         self.pixel_mean = torch.full((3,), 127.5)
         self.pixel_scale = torch.full((3,), 127.5)
-        self.prefetch = bool(cfg.get("prefetch", True))
+        self.prefetch = int(cfg.get("prefetch", 2))
         self._executor: ThreadPoolExecutor | None = None
-        self._pending: tuple[int, Future] | None = None
+        self._pending: dict[int, Future] = {}
         self.cache: FrameCache | None = None
         self.splits: dict[str, np.ndarray] = {}
 
@@ -169,12 +177,13 @@ class UCF11Task(Task):
                                    np.random.default_rng([self.seed % 2**63, step, int(i)])) for i in clips]
         steps = max(len(f) for f in idx)
         width, height = self.frame_size
-        frames = np.zeros((len(clips), steps, height, width, 3), dtype=np.uint8)
+        frames = np.empty((len(clips), steps, height, width, 3), dtype=np.uint8)
         for b, (i, f) in enumerate(zip(clips, idx)):
             if self.cache.frame_size == self.frame_size:  # straight from the memmap into the batch
-                np.take(self.cache.frames, self.cache.offsets[int(i)] + f, axis=0, out=frames[b, : len(f)])
+                copy_runs(frames[b], self.cache.frames, self.cache.offsets[int(i)] + f)
             else:
                 frames[b, : len(f)] = self._read(int(i), f)
+            frames[b, len(f) :] = 0
         batch = {"frames": torch.from_numpy(frames),
                  "labels": torch.from_numpy(self.cache.labels[np.asarray(clips)])}
         if self.frames is None:  # variable length: the net masks steps past each clip's end
@@ -193,18 +202,22 @@ class UCF11Task(Task):
         """Batch ``step``: epoch = step // steps_per_epoch, clip order a permutation of (seed, epoch),
         frame positions drawn from (seed, step, clip). A pure function of (seed, step).
 
-        With ``task.prefetch`` a background thread assembles batch step+1 while the caller trains on this
-        one (numpy copies release the GIL); being a pure function of the step, prefetching changes nothing.
+        With ``task.prefetch`` = k > 0, k background threads assemble batches step+1 .. step+k while the
+        caller trains on this one (numpy copies release the GIL). Batches being a pure function of the step,
+        prefetching changes nothing but the waiting time.
         """
         self._require_data()
-        if not self.prefetch:
+        if self.prefetch <= 0:
             return self._train_batch(step)
-        pending, self._pending = self._pending, None
-        batch = pending[1].result() if pending is not None and pending[0] == step else self._train_batch(step)
+        future = self._pending.pop(step, None)
+        for stale in [s for s in self._pending if not step < s <= step + self.prefetch]:
+            self._pending.pop(stale).cancel()
         if self._executor is None:
-            self._executor = ThreadPoolExecutor(1, thread_name_prefix="ucf11-prefetch")
-        self._pending = (step + 1, self._executor.submit(self._train_batch, step + 1))
-        return batch
+            self._executor = ThreadPoolExecutor(self.prefetch, thread_name_prefix="ucf11-prefetch")
+        for ahead in range(step + 1, step + self.prefetch + 1):
+            if ahead not in self._pending:
+                self._pending[ahead] = self._executor.submit(self._train_batch, ahead)
+        return future.result() if future is not None else self._train_batch(step)
 
     def _train_batch(self, step: int) -> Batch:
         train = self.splits["train"]

@@ -36,14 +36,28 @@ class BTMap(FactorizedMap):
             subs.append(n + self.in_subs[k] + self.out_subs[k] + rank_subs[k])
         self.set_factors(names, subs, n_terms=self.blocks * self.rank**d)
 
-    def forward_chains(self) -> tuple[tuple[int, ...], ...]:
-        """x absorbs the mode factors in any order, with the core folded in after any of them."""
+    def forward_chains(self) -> tuple[tuple[tuple[int, ...], ...], ...]:
+        """Per block (core at 0, factor k at 1+k): x absorbs the mode factors in any order with the
+        core folded in after any of them, alone or merged with the next mode factor."""
         d = len(self.in_modes)
         chains = []
-        for order in itertools.permutations(range(2, d + 2)):
+        if d <= 4:
+            orders = list(itertools.permutations(range(1, d + 1)))
+        else:  # any first mode, then by how much each mode shrinks the data: I_k / (J_k R)
+            ratio = sorted(range(1, d + 1), key=lambda k: -self.in_modes[k - 1] / self.out_modes[k - 1])
+            orders = [(f, *[k for k in ratio if k != f]) for f in ratio]
+        for order in orders:
             for at in range(1, d + 1):
-                chains.append((0, *order[:at], 1, *order[at:]))
+                head, tail = tuple((k,) for k in order[:at]), tuple((k,) for k in order[at:])
+                chains.append(head + ((0,),) + tail)
+                if tail:
+                    chains.append(head + ((0, order[at]),) + tail[1:])
         return tuple(chains)
+
+    def chain_terms(self) -> tuple[tuple[str, ...], list[list[torch.Tensor]]]:
+        subs = tuple(s[1:] for s in self.factor_subs)  # drop the block index
+        factors = self.factors()
+        return subs, [[f[b] for f in factors] for b in range(self.blocks)]
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", R={self.rank}, N={self.blocks}"

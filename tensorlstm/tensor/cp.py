@@ -32,13 +32,14 @@ class CPMap(FactorizedMap):
             subs.append(self.out_subs[k] + r)
         self.set_factors(names, subs, n_terms=self.rank)
 
-    def forward_chains(self) -> tuple[tuple[int, ...], ...]:
-        """x absorbs the in-mode factors (largest modes first, or any order for d <= 4), then the out ones."""
+    def forward_chains(self) -> tuple[tuple[tuple[int, ...], ...], ...]:
+        """Khatri-Rao: merge the in-mode factors into one (I, R) matrix and the out-mode ones into
+        (J, R): two GEMMs; or absorb the factors one by one (largest in modes first)."""
         d = len(self.in_modes)
-        ins = sorted(range(d), key=lambda k: -self.in_modes[k])
-        in_orders = itertools.permutations(range(d)) if d <= 4 else [ins, ins[::-1]]
-        outs = sorted(range(d), key=lambda k: self.out_modes[k])
-        return tuple((0, *(1 + k for k in o), *(1 + d + k for k in outs)) for o in in_orders)
+        ins = tuple(range(d))
+        outs = tuple(range(d, 2 * d))
+        by_size = tuple((k,) for k in sorted(ins, key=lambda k: -self.in_modes[k]))
+        return ((ins, outs), by_size + (outs,), by_size + tuple((k,) for k in outs))
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", R={self.rank}"

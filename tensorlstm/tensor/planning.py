@@ -47,6 +47,39 @@ DEVICE_SPEED = {
 }
 
 
+# Measured on CPU (1 thread, forward+backward of (pre, K, post) x (N, K) products of 0.13-0.18 GFLOP):
+# a plain GEMM (post == 1), the transposed form "mmT" and the in-place form with a long post all run
+# at about the same rate; the in-place form with post < 16 runs ~1.5x slower.
+SHORT_POST = 16
+SHORT_POST_PENALTY = 1.5
+# in-place products with at least this long a post run as broadcast bmm (ModeProduct): 2-3x faster
+# forward than torch.matmul there; with a shorter post its backward is slower than matmul's.
+BMM_MIN_POST = 64
+
+
+class ModeProduct(torch.autograd.Function):
+    """out[p, n, q] = sum_k mat[n, k] x[p, k, q] as a broadcast bmm, with a matching backward."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, mat: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        ctx.save_for_backward(x, mat)
+        return torch.bmm(mat.expand(x.shape[0], *mat.shape), x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # noqa: D102
+        x, mat = ctx.saved_tensors
+        grad_x = grad_mat = None
+        if ctx.needs_input_grad[0]:
+            mat_t = mat.t().contiguous()
+            grad_x = torch.bmm(mat_t.expand(grad.shape[0], *mat_t.shape), grad)
+        if ctx.needs_input_grad[1]:
+            if grad.shape[0] * mat.numel() <= x.numel():
+                grad_mat = torch.bmm(grad, x.transpose(1, 2)).sum(0)
+            else:
+                grad_mat = torch.tensordot(grad, x, dims=([0, 2], [0, 2]))
+        return grad_x, grad_mat
+
+
 def check_mode(mode: str) -> str:
     if mode not in MODES:
         raise UserError(f"unknown map mode {mode!r}; choose one of: {', '.join(MODES)}")
@@ -145,6 +178,181 @@ def plan(
     return best
 
 
+# --- the forward: x absorbs the factors one group at a time ---------------------------------------
+
+
+@dataclass(frozen=True)
+class ChainStep:
+    """Absorb one operand (a factor, or a small merge of several) into the accumulator.
+
+    kind "mm": the contracted axes form one contiguous run acc[start:stop]; the accumulator is
+    viewed as (pre, K, post) and multiplied in place by the factor as an (N, K) matrix (a GEMM
+    when post == 1, else a broadcast batched GEMM): no copy of the accumulator. kind "mmT": the
+    same product written as (pre, post, N), i.e. the new axes move behind the trailing ones (faster
+    when post is small: the output's contiguous run is N, not post). kind "einsum": torch.einsum,
+    which permutes its operands (costed as extra copies).
+    """
+
+    group: tuple[int, ...]
+    merge_equation: str | None  # einsum merging the group's factors into one operand, or None
+    kind: str
+    start: int = 0
+    stop: int = 0
+    perm: tuple[int, ...] = ()  # operand axes -> (new axes..., contracted axes in acc order)
+    n_new: int = 0
+    equation: str = ""  # for kind "einsum"
+
+
+@dataclass(frozen=True)
+class ChainPlan:
+    steps: tuple[ChainStep, ...]
+    final_perm: tuple[int, ...] | None
+    flops: float
+    moved: float
+    largest: int
+
+    def seconds(self, device_type: str, itemsize: int) -> float:
+        flops_per_s, bandwidth, launch = DEVICE_SPEED.get(device_type, DEVICE_SPEED["cuda"])
+        return self.flops / flops_per_s + self.moved * itemsize / bandwidth + len(self.steps) * launch
+
+    def run(self, x: torch.Tensor, factors: Sequence[torch.Tensor]) -> torch.Tensor:
+        acc = x
+        for step in self.steps:
+            if step.merge_equation is None:
+                op = factors[step.group[0]]
+            else:
+                op = torch.einsum(step.merge_equation, *(factors[i] for i in step.group))
+            if step.kind == "einsum":
+                acc = torch.einsum(step.equation, acc, op).contiguous()
+                continue
+            op = op.permute(step.perm)
+            new_shape = op.shape[: step.n_new]
+            n, k = math.prod(new_shape), math.prod(op.shape[step.n_new :])
+            shape = acc.shape
+            pre, post = math.prod(shape[: step.start]), math.prod(shape[step.stop :])
+            mat = op.reshape(n, k).contiguous()
+            if post == 1:
+                out = acc.reshape(pre, k) @ mat.t()
+            elif step.kind == "mm":
+                acc3 = acc.reshape(pre, k, post)
+                if post >= BMM_MIN_POST:
+                    out = ModeProduct.apply(acc3, mat)
+                else:
+                    out = torch.matmul(mat, acc3)
+            else:  # "mmT": the new axes go after the remaining trailing axes
+                out = acc.reshape(pre, k, post).transpose(1, 2) @ mat.t()
+                acc = out.reshape(*shape[: step.start], *shape[step.stop :], *new_shape)
+                continue
+            acc = out.reshape(*shape[: step.start], *new_shape, *shape[step.stop :])
+        if self.final_perm is not None:
+            acc = acc.permute(self.final_perm)
+        return acc
+
+
+def _search_chain(
+    x_axes: str,
+    subs: tuple[str, ...],
+    out_axes: str,
+    sizes: dict[str, int],
+    chain: tuple[tuple[int, ...], ...],
+    device_type: str,
+) -> ChainPlan | None:
+    """Best execution of one absorption order, branching on the order of each step's new axes."""
+    best: list[ChainPlan | None] = [None]
+    size_of = lambda axes: math.prod(sizes[c] for c in axes)  # noqa: E731
+
+    def rec(i: int, acc: list[str], steps: list[ChainStep], flops: float, moved: float, largest: int) -> None:
+        if i == len(chain):
+            final_perm = None
+            if "".join(acc) != x_axes[0] + out_axes:
+                final_perm = tuple(acc.index(c) for c in x_axes[0] + out_axes)
+                moved += 2 * size_of(acc)
+            cand = ChainPlan(tuple(steps), final_perm, flops, moved, largest)
+            if best[0] is None or cand.seconds(device_type, 4) < best[0].seconds(device_type, 4):
+                best[0] = cand
+            return
+        group = chain[i]
+        later = set(out_axes).union(*(set(subs[k]) for g in chain[i + 1 :] for k in g))
+        letters: list[str] = []
+        for k in group:
+            letters += [c for c in subs[k] if c not in letters]
+        op_axes = [c for c in letters if c in acc or c in later]
+        merge_eq, merge_flops = None, 0.0
+        if len(group) > 1 or op_axes != letters:  # merge several, or sum out axes used nowhere else
+            merge_eq = ",".join(subs[k] for k in group) + "->" + "".join(op_axes)
+            merge_flops = 2.0 * size_of(letters)
+        shared = [c for c in acc if c in op_axes]
+        contracted = [c for c in shared if c not in later]
+        batch = [c for c in shared if c in later]
+        new = [c for c in op_axes if c not in acc]
+        acc_size = size_of(acc)
+        positions = [acc.index(c) for c in contracted]
+        contiguous = bool(contracted) and positions == list(range(positions[0], positions[0] + len(positions)))
+        if not batch and contiguous:
+            start, stop = positions[0], positions[0] + len(positions)
+            post = size_of(acc[stop:])
+            orders = [new] if len(new) < 2 else [new, new[::-1]]
+            for order in orders:
+                for kind in ("mm", "mmT") if post > 1 else ("mm",):
+                    if kind == "mm":
+                        nxt = acc[:start] + order + acc[stop:]
+                        slow = SHORT_POST_PENALTY if 1 < post < SHORT_POST else 1.0
+                    else:
+                        nxt = acc[:start] + acc[stop:] + order
+                        slow = 1.0
+                    # mmT's transposed operand is copied (forward and backward): two more passes
+                    copies = 2.0 * acc_size if kind == "mmT" else 0.0
+                    out_size = size_of(nxt)
+                    step = ChainStep(
+                        group, merge_eq, kind, start, stop,
+                        tuple(op_axes.index(c) for c in order + contracted), len(order),
+                    )
+                    f = 2.0 * size_of(acc + order) * slow + merge_flops
+                    rec(i + 1, nxt, steps + [step], flops + f, moved + acc_size + out_size + copies,
+                        max(largest, out_size))
+        else:
+            kept = [c for c in acc if c not in contracted]
+            nxt = kept + new
+            out_size = size_of(nxt)
+            eq = "".join(acc) + "," + "".join(op_axes) + "->" + "".join(nxt)
+            step = ChainStep(group, merge_eq, "einsum", equation=eq)
+            f = 2.0 * size_of(list(dict.fromkeys(acc + op_axes))) + merge_flops
+            # torch.einsum copies a permuted operand and its result: count those passes
+            m = 3.0 * (acc_size + out_size)
+            rec(i + 1, nxt, steps + [step], flops + f, moved + m, max(largest, out_size))
+
+    rec(0, list(x_axes), [], 0.0, 0.0, 0)
+    return best[0]
+
+
+@lru_cache(maxsize=1024)
+def plan_chain(
+    x_axes: str,
+    subs: tuple[str, ...],
+    out_axes: str,
+    shapes: tuple[tuple[int, ...], ...],
+    rows: int,
+    device_type: str,
+    chains: tuple[tuple[tuple[int, ...], ...], ...],
+) -> ChainPlan:
+    """The cheapest (by the time estimate) execution of y = x contracted with the factors (cached).
+
+    `chains` lists candidate absorption orders; each is a sequence of groups of factor positions
+    (a group of several factors is merged first: a partial rebuild, e.g. CP's Khatri-Rao products).
+    """
+    sizes = {x_axes[0]: rows}
+    for s, shape in zip(subs, shapes):
+        sizes.update(zip(s, shape))
+    best: ChainPlan | None = None
+    for chain in chains:
+        cand = _search_chain(x_axes, subs, out_axes, sizes, chain, device_type)
+        if cand is not None and (best is None or cand.seconds(device_type, 4) < best.seconds(device_type, 4)):
+            best = cand
+    if best is None:
+        raise ValueError("no valid contraction order among the candidates")
+    return best
+
+
 def row_bucket(rows: int) -> int:
     """Plans are made for a power-of-two number of rows (the order is valid for any rows)."""
     return 1 << max(0, int(rows - 1).bit_length())
@@ -233,9 +441,16 @@ class FactorizedMap(LinearMap):
         return float(oe.contract(eq, *ops, *ops, optimize="greedy"))
 
     # --- forward -----------------------------------------------------------------------------
-    def forward_chains(self) -> tuple[tuple[int, ...], ...]:
-        """Candidate absorption orders for the forward (operand 0 is x, then the factors)."""
-        return ()
+    def forward_chains(self) -> tuple[tuple[tuple[int, ...], ...], ...]:
+        """Candidate absorption orders for the forward: sequences of groups of factor positions."""
+        return (tuple((k,) for k in range(len(self.factor_names))),)
+
+    def chain_terms(self) -> tuple[tuple[str, ...], list[list[torch.Tensor]]]:
+        """(subscripts, operand lists) of the chains whose results add up to the forward.
+
+        One term by default; BT runs one chain per block (its block index is then no batch axis).
+        """
+        return tuple(self.factor_subs), [self.factors()]
 
     def reconstruct_chains(self) -> tuple[tuple[int, ...], ...]:
         """Candidate absorption orders for reconstruct (operands are the factors)."""
@@ -251,15 +466,23 @@ class FactorizedMap(LinearMap):
         w = self.reconstruct_plan(factors[0].device.type).run(*factors)
         return w.reshape(self.in_features, self.out_features)
 
-    def factorized_plan(self, rows: int, device_type: str = "cpu") -> Plan:
-        shapes = ((row_bucket(rows), *self.in_modes), *(tuple(f.shape) for f in self.factors()))
-        return plan(self.forward_equation, shapes, device_type, self.forward_chains())
+    def factorized_plan(self, rows: int, device_type: str = "cpu") -> ChainPlan:
+        subs, terms = self.chain_terms()
+        shapes = tuple(tuple(op.shape) for op in terms[0])
+        return plan_chain(
+            self.row_sub + self.in_subs, subs, self.out_subs, shapes, row_bucket(rows), device_type,
+            self.forward_chains(),
+        )
 
     def forward_factorized(self, x2d: torch.Tensor) -> torch.Tensor:
         """x2d (rows, I) -> (rows, J) without forming W."""
         rows = x2d.shape[0]
         p = self.factorized_plan(rows, x2d.device.type)
-        y = p.run(x2d.reshape(rows, *self.in_modes), *self.factors())
+        x = x2d.reshape(rows, *self.in_modes)
+        y = None
+        for operands in self.chain_terms()[1]:
+            term = p.run(x, operands)
+            y = term if y is None else y + term
         return y.reshape(rows, self.out_features)
 
     def forward_reconstruct(self, x2d: torch.Tensor) -> torch.Tensor:
@@ -267,7 +490,8 @@ class FactorizedMap(LinearMap):
 
     def estimate_seconds(self, mode: str, rows: int, device_type: str, itemsize: int) -> float:
         if mode == "factorized":
-            return self.factorized_plan(rows, device_type).seconds(device_type, itemsize)
+            terms = len(self.chain_terms()[1])
+            return terms * self.factorized_plan(rows, device_type).seconds(device_type, itemsize)
         rec = self.reconstruct_plan(device_type)
         return rec.seconds(device_type, itemsize) + gemm_seconds(
             rows, self.in_features, self.out_features, device_type, itemsize

@@ -64,9 +64,15 @@ class TTMap(FactorizedMap):
             subs.append(rank_subs[k] + self.in_subs[k] + self.out_subs[k] + rank_subs[k + 1])
         self.set_factors(names, subs, n_terms=math.prod(self.ranks))
 
-    def forward_chains(self) -> tuple[tuple[int, ...], ...]:
-        """x absorbs the cores growing an interval (every other order makes larger intermediates)."""
-        return tuple((0, *(1 + k for k in order)) for order in interval_orders(len(self.in_modes)))
+    def forward_chains(self) -> tuple[tuple[tuple[int, ...], ...], ...]:
+        """x absorbs the cores growing an interval (other orders make larger intermediates); the
+        first two cores may be merged first (a partial rebuild: fewer passes, more FLOPs)."""
+        chains = []
+        for order in interval_orders(len(self.in_modes)):
+            chains.append(tuple((k,) for k in order))
+            if len(order) > 1:
+                chains.append((tuple(sorted(order[:2])),) + tuple((k,) for k in order[2:]))
+        return tuple(chains)
 
     def reconstruct_chains(self) -> tuple[tuple[int, ...], ...]:
         return tuple(tuple(order) for order in interval_orders(len(self.in_modes)))

@@ -55,13 +55,20 @@ class TuckerMap(FactorizedMap):
             subs.append(self.out_subs[k] + b[k])
         self.set_factors(names, subs, n_terms=math.prod(self.in_ranks) * math.prod(self.out_ranks))
 
-    def forward_chains(self) -> tuple[tuple[int, ...], ...]:
-        """x absorbs the in-mode factors (any order for d <= 4, else by shrink ratio), the core, the out ones."""
+    def forward_chains(self) -> tuple[tuple[tuple[int, ...], ...], ...]:
+        """x absorbs the in-mode factors one by one (any order for d <= 4, else by shrink ratio), then
+        the core and the out-mode factors: one by one, or merged (core x out factors)."""
         d = len(self.in_modes)
         by_ratio = sorted(range(d), key=lambda k: self.in_ranks[k] / self.in_modes[k])
         in_orders = itertools.permutations(range(d)) if d <= 4 else [by_ratio]
-        outs = sorted(range(d), key=lambda k: self.out_ranks[k] / self.out_modes[k])
-        return tuple((0, *(2 + k for k in o), 1, *(2 + d + k for k in outs)) for o in in_orders)
+        outs = tuple(range(1 + d, 1 + 2 * d))
+        chains = []
+        for order in in_orders:
+            head = tuple((1 + k,) for k in order)
+            chains.append(head + ((0,),) + tuple((k,) for k in outs))
+            chains.append(head + ((0, *outs),))
+            chains.append(head + ((0,), outs))
+        return tuple(chains)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", ranks={'-'.join(map(str, self.in_ranks + self.out_ranks))}"

@@ -9,7 +9,12 @@ from __future__ import annotations
 import pathlib
 import random
 
-SENTENCES = ["the cat sat on the mat.", "a dog ran to the park.", "we like tea and cake.", "it is a sunny day."]
+SENTENCES = [
+    "the cat sat on the mat.",
+    "a dog ran to the park.",
+    "we like tea and cake.",
+    "it is a sunny day.",
+]
 
 
 def make_text(n_sentences: int = 400, seed: int = 0) -> str:

@@ -7,7 +7,9 @@ import pathlib
 
 
 def _smnist():
-    spec = importlib.util.spec_from_file_location("tiny_smnist", pathlib.Path(__file__).with_name("smnist.py"))
+    spec = importlib.util.spec_from_file_location(
+        "tiny_smnist", pathlib.Path(__file__).with_name("smnist.py")
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

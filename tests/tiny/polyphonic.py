@@ -1,5 +1,6 @@
 """Tiny polyphonic-music pickle in the standard layout ({'train','valid','test'} -> sequences -> steps ->
-tuple of MIDI pitches), learnable: each sequence walks a seeded chord progression that repeats."""
+tuple of MIDI pitches), learnable: each sequence walks a cycle of chords (one of them silence) from a seeded
+start, so every frame determines the next one."""
 
 from __future__ import annotations
 
@@ -7,23 +8,25 @@ import pathlib
 import pickle
 import random
 
-CHORDS = [(60, 64, 67), (62, 65, 69), (64, 67, 71), (57, 60, 64), (21,), (108, 72)]
+CHORDS = [(60, 64, 67), (62, 65, 69), (64, 67, 71), (), (57, 60, 64), (21,), (108, 72)]
 
 
 def make_sequences(n: int, seed: int) -> list[list[tuple[int, ...]]]:
-    """n sequences of 6..20 steps; step t holds chord (start + t) mod len(CHORDS), some steps silent."""
+    """n sequences of 6..20 steps; step t holds chord (start + t) mod len(CHORDS)."""
     rng = random.Random(seed)
     seqs = []
     for _ in range(n):
         start, length = rng.randrange(len(CHORDS)), rng.randrange(6, 21)
-        seqs.append([CHORDS[(start + t) % len(CHORDS)] if (start + t) % 7 else () for t in range(length)])
+        seqs.append([CHORDS[(start + t) % len(CHORDS)] for t in range(length)])
     return seqs
 
 
 def write_pickle(folder: pathlib.Path, dataset: str = "JSB_Chorales", counts=(24, 8, 8)) -> pathlib.Path:
     folder.mkdir(parents=True, exist_ok=True)
-    data = {split: make_sequences(n, seed) for (split, n), seed in zip(zip(("train", "valid", "test"), counts),
-                                                                        (1, 2, 3))}
+    data = {
+        split: make_sequences(n, seed)
+        for (split, n), seed in zip(zip(("train", "valid", "test"), counts), (1, 2, 3))
+    }
     with open(folder / f"{dataset}.pickle", "wb") as f:
         pickle.dump(data, f)
     return folder

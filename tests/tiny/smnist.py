@@ -23,8 +23,9 @@ def make_images(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return images
 
 
-def write_mnist(folder: pathlib.Path, n_train: int = 300, n_test: int = 60, seed: int = 0,
-                gz: bool = True) -> pathlib.Path:
+def write_mnist(
+    folder: pathlib.Path, n_train: int = 300, n_test: int = 60, seed: int = 0, gz: bool = True
+) -> pathlib.Path:
     """Write the four MNIST IDX files (gzipped unless gz=False) into folder; returns folder."""
     from tensorlstm.data.idx import write_idx
 
@@ -44,7 +45,7 @@ def write_mnist(folder: pathlib.Path, n_train: int = 300, n_test: int = 60, seed
 def overrides(folder: pathlib.Path) -> list[str]:
     return [
         f"task.data_dir={folder}",
-        "task.chunk=16",            # 49 steps of 16 pixels
+        "task.chunk=16",  # 49 steps of 16 pixels
         "task.valid_size=50",
         "task.batch_size=16",
         "task.eval_batch_size=64",

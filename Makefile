@@ -1,0 +1,28 @@
+# Two commands do all the set-up on a fresh machine: `make demo` and `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TLSTM := $(VENV)/bin/tlstm
+
+.PHONY: install demo test lint bench data-ucf11 clean
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install  ## a real, small training run (addition task, CPU, ~2 minutes), then its run dir and metrics
+	$(TLSTM) train experiment=demo
+
+test: install  ## the test suite (what CI runs)
+	OMP_NUM_THREADS=1 WANDB_MODE=disabled $(PY) -m pytest tests -q
+
+lint: install
+	$(VENV)/bin/ruff check tensorlstm tests scripts
+
+bench: install  ## speed of maps and cells, as ratios to dense baselines measured in the same run
+	$(TLSTM) bench --out bench.json
+
+clean:
+	rm -rf outputs multirun wandb .pytest_cache

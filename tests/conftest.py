@@ -1,0 +1,40 @@
+"""Shared test harness: tiny configs, a temp output dir, W&B disabled, one CPU thread."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+TINY_RUN = ["trainer.log_every=5", "logger.mode=disabled", "threads=1", "trainer.progress=false"]
+# the fastest real run: 2-digit addition, a 16-wide net, small fixed valid/test sets
+TINY = [*TINY_RUN, "task=addition", "task.digits=2", "task.hidden_size=16", "task.batch_size=8",
+        "task.valid_size=40", "task.test_size=40"]
+
+
+def run_tlstm(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 120,
+              **popen) -> subprocess.CompletedProcess:
+    """Run `tlstm` in a subprocess (for exit codes, signals and stderr)."""
+    return subprocess.run([sys.executable, "-m", "tensorlstm.cli", *args], cwd=cwd or ROOT, capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, **(env or {})}, **popen)
+
+
+def train_inprocess(run_dir: Path, *overrides: str, base: list[str] = TINY) -> dict:
+    """`tlstm train` in this process (fast); returns summary.json."""
+    from tensorlstm.cli import main
+
+    main(["train", *base, *overrides, f"hydra.run.dir={run_dir}"])
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+@pytest.fixture
+def tiny():
+    return list(TINY)
