@@ -1,6 +1,6 @@
 """Speed benchmark of the factorized maps and cells; same as `tlstm bench` (see tensorlstm/bench.py).
 
-    python scripts/bench_cells.py [--quick] [--out bench.json] [--timer cpu] [--threads N]
+python scripts/bench_cells.py [--quick] [--out bench.json] [--timer cpu] [--threads N]
 """
 
 import sys

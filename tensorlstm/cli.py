@@ -190,12 +190,12 @@ def cmd_train(args: list[str]) -> int:
 
 
 def cmd_info(args: list[str]) -> int:
-    from tensorlstm.engine.build import build, model_info
+    from tensorlstm.engine.build import build, model_info, primary_net
 
     _, cfg = load_config(args)
     _, model, factory = build(cfg)
     info = model_info(model, factory)
-    info["cell"] = {**cfg["cell"], **factory.built[0].describe()}
+    info["cell"] = {**cfg["cell"], **primary_net(model, factory).describe()}
     print(json.dumps(info, indent=2, default=str))
     return 0
 

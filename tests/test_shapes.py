@@ -6,7 +6,9 @@ from tensorlstm.errors import UserError
 from tensorlstm.tensor.shapes import check_modes, factorize, gate_modes
 
 
-@pytest.mark.parametrize("n,d", [(57600, 4), (256, 4), (512, 4), (1536, 3), (1024, 5), (7, 2), (1, 3), (360, 2)])
+@pytest.mark.parametrize(
+    "n,d", [(57600, 4), (256, 4), (512, 4), (1536, 3), (1024, 5), (7, 2), (1, 3), (360, 2)]
+)
 def test_factorize_product_and_order(n, d):
     modes = factorize(n, d)
     assert len(modes) == d

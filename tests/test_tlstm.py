@@ -205,7 +205,7 @@ def test_loss_falls_on_delayed_copy(cfg):
     opt = torch.optim.Adam([*net.parameters(), *head.parameters()], lr=2e-2)
     losses = []
     for _ in range(100):
-        tokens = torch.randint(0, vocab, (32, 12))
+        tokens = torch.randint(0, vocab, (16, 10))
         y, _ = net(F.one_hot(tokens, vocab).float())
         loss = F.cross_entropy(head(y[:, lag:]).reshape(-1, vocab), tokens[:, :-lag].reshape(-1))
         opt.zero_grad()
@@ -213,7 +213,7 @@ def test_loss_falls_on_delayed_copy(cfg):
         opt.step()
         losses.append(loss.item())
     assert losses[0] > 1.2  # about log(4) = 1.39 at the start
-    assert sum(losses[-10:]) / 10 < 0.3
+    assert sum(losses[-10:]) / 10 < 0.3  # about 0.03-0.08 for 3 seeds of each cell
 
 
 @pytest.mark.parametrize(
@@ -236,3 +236,18 @@ def test_task_hidden_size_is_the_default_width():
     assert build_cell({"name": "tlstm", "P": 2, "M": None}, I, 7).output_size == 7
     assert build_cell({"name": "tlstm", "P": 2, "M": 5}, I, 7).output_size == 5
     assert build_cell({"name": "slstm", "layers": 2, "hidden_size": None}, I, 7).output_size == 7
+
+
+def test_neighbour_tables_zero_pad_the_cross_layer_conv_and_replicate_pad_the_memory_conv():
+    from tensorlstm.cells.tlstm_ops import cross_layer_table, make_geometry, memory_table
+
+    geo = make_geometry(3, None, True)  # 2D, K=3 centred: taps at offsets -1, 0, +1
+    input_, zero = 3, 4  # indices past the 3 hidden locations
+    assert cross_layer_table(geo).tolist() == [[input_, 0, 1], [0, 1, 2], [1, 2, zero]]
+    assert memory_table(geo).tolist() == [[0, 0, 1], [0, 1, 2], [1, 2, 2]]
+    one_sided = make_geometry(3, None, False)  # K=2: offsets -1, 0
+    assert cross_layer_table(one_sided).tolist() == [[input_, 0], [0, 1], [1, 2]]
+    # 3D 2x2: the input sits at the corner before (0, 0); the rest of its row and column are zeros
+    table = cross_layer_table(make_geometry([2, 2], None, True))
+    assert table[0].tolist() == [4, 5, 5, 5, 0, 1, 5, 2, 3]
+    assert (table[1:] != 4).all()

@@ -46,16 +46,6 @@ N_GOOD = len(tiny.CLASSES) * tiny.GROUPS * tiny.CLIPS_PER_GROUP
 QUIET = {"log": lambda _msg: None}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one thread is faster, and on a loaded 2-core machine OpenMP's second thread turns a
-    256x1024 QR (orthogonal init) from 20 ms into a second."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def source(tmp_path_factory) -> Path:
     return tiny.write_source(tmp_path_factory.mktemp("ucf11") / "src")
@@ -270,6 +260,10 @@ def test_task_errors(tmp_path, small_cache):
         UCF11Task(task_cfg(small_cache, num_classes=11), seed=0).prepare()
     with pytest.raises(UserError, match="task.input_size=576"):
         UCF11Task(task_cfg(small_cache, input_size=57600), seed=0)
+    with pytest.raises(UserError, match="task.frames='six'"):
+        UCF11Task(task_cfg(small_cache, frames="six"), seed=0)
+    with pytest.raises(UserError, match="task.protocol"):
+        UCF11Task(task_cfg(small_cache, protocol="loo"), seed=0)
 
 
 def test_train_batches_are_pure_and_sample_frames_in_order(cache):
@@ -316,6 +310,11 @@ def test_yang2017_masks_padding(small_cache):
         together = model(padded["frames"], padded["lengths"])
         alone = model(padded["frames"][:1, :8], padded["lengths"][:1])
     torch.testing.assert_close(together[:1], alone, rtol=1e-12, atol=1e-12)
+    # evaluation batches respect the padded-frame budget and cover the split once
+    task.eval_frame_budget = 20
+    batches = list(task.eval_batches("test"))
+    assert all(len(b["labels"]) == 1 or b["frames"].shape[0] * b["frames"].shape[1] <= 20 for b in batches)
+    assert sum(len(b["labels"]) for b in batches) == len(task.splits["test"]) and len(batches) > 1
 
 
 @pytest.mark.parametrize("cell", ["lstm", "tt"])

@@ -10,7 +10,12 @@ faster than F.conv1d/conv2d at these small sizes, whose oneDNN calls cost more t
 Stacking the input. The projected input ``x_t W^x + b^x`` (M channels) is an extra location placed
 *before* location 0 along every location axis: the concatenated tensor has ``P_a + 1`` positions per axis,
 the input sits at the corner (0, .., 0) and, in 3D, the rest of the new row and column are zeros. The
-output ``y_t`` is read at the opposite corner, the last location (P1 - 1, P2 - 1).
+output ``y_t`` is read at the opposite corner, the last location (P1 - 1, P2 - 1). Since the input does not
+depend on the recurrence, the terms of the taps that read it (the first ``lower`` locations per axis) are
+computed for all steps in one contraction before the time loop and added to A_t per step.
+
+The 3D choice is ours (PAPERS.md does not fix it): one input location at a corner keeps the input
+projection and the parameter count the same as in 2D.
 
 Kernel offsets. A tap set ``-lower .. +upper`` along every location axis, ``lower + upper + 1 = K``:
 with feedback the kernel is centred (``lower = K // 2``, K = 3 gives -1, 0, +1); without feedback it is

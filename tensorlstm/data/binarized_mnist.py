@@ -3,8 +3,8 @@
 * ``fixed``: every pixel of every image is drawn once as Bernoulli(intensity / 255) with a numpy generator
   seeded by ``binarize_seed``; the result is cached (bit-packed, with the seed and a fingerprint of the
   source images) as ``binarized_mnist_seed<seed>.npz`` so that every run and every machine with the same
-  seed trains and is evaluated on the same bits. The cache goes to ``cache_dir`` when given, else next to
-  the IDX files when that folder is writable, else to ``~/.cache/tensorlstm``.
+  seed trains and is evaluated on the same bits. The cache goes to ``cache_dir`` when given, else to
+  ``$XDG_CACHE_HOME/tensorlstm`` (default ``~/.cache/tensorlstm``); the data folder is never written to.
 * ``dynamic``: training batches are re-binarized on the fly (a new draw per batch, a pure function of the
   run seed and the step); validation and test use the fixed binarization so that scores are comparable.
 * ``larochelle``: the standard fixed binarization of Larochelle & Murray (2011), read from
@@ -40,13 +40,14 @@ def _fingerprint(images: np.ndarray) -> str:
     return hashlib.md5(np.ascontiguousarray(images).tobytes()).hexdigest()
 
 
-def _cache_path(data_dir: Path, cache_dir: str | Path | None, seed: int) -> Path:
-    name = f"binarized_mnist_seed{seed}.npz"
-    if cache_dir is not None:
-        return Path(cache_dir).expanduser() / name
-    if os.access(data_dir, os.W_OK):
-        return data_dir / name
-    return Path("~/.cache/tensorlstm").expanduser() / name
+def default_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/tensorlstm``, or ``~/.cache/tensorlstm``."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tensorlstm"
+
+
+def _cache_path(cache_dir: str | Path | None, seed: int) -> Path:
+    folder = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    return folder / f"binarized_mnist_seed{seed}.npz"
 
 
 def _load_cached(path: Path, seed: int, train_fp: str, test_fp: str) -> dict[str, np.ndarray] | None:
@@ -75,7 +76,7 @@ def fixed_binarization(
     data_dir = Path(data_dir)
     grey = {split: load_mnist(data_dir, split)[0] for split in ("train", "test")}
     fps = {split: _fingerprint(img) for split, img in grey.items()}
-    path = _cache_path(data_dir, cache_dir, seed)
+    path = _cache_path(cache_dir, seed)
     bits = _load_cached(path, seed, fps["train"], fps["test"])
     if bits is None:
         # Independent streams per split so the test bits do not depend on the size of the train file.

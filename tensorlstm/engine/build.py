@@ -48,9 +48,16 @@ def build(cfg: dict) -> tuple[Task, nn.Module, CellFactory]:
     return task, model, factory
 
 
+def primary_net(model: nn.Module, factory: CellFactory) -> RecurrentNet:
+    """The net the user's `cell=` configured: the model's `primary_net()` if it names one (DRAW's encoder),
+    else the first net the factory built."""
+    pick = getattr(model, "primary_net", None)
+    return pick() if callable(pick) else factory.built[0]
+
+
 def model_info(model: nn.Module, factory: CellFactory) -> dict:
     """Parameter counts of the model and of the user's recurrent layer(s) (`tlstm info`, summary.json)."""
-    first = factory.built[0]
+    first = primary_net(model, factory)
     input_map = first.input_map_params()
     dense = first.dense_input_map_params()
     info = {

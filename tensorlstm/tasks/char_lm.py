@@ -84,10 +84,11 @@ class CharLMTask(Task):
 
     # -- model -----------------------------------------------------------------------------------
     def vocab_size(self) -> int:
-        """From the data once prepared; else (``tlstm info`` builds without data) task.vocab_size, the known
-        size of a standard corpus, or 256 (bytes)."""
-        if self.corpus is not None:
-            return self.corpus.vocab_size
+        """Outputs of the model: task.vocab_size, else the known size of a standard corpus, else 256.
+
+        Never read from the data, so the model is the same whether it is built before or after prepare()
+        (train, eval and ``tlstm info`` agree). A plain text file with fewer symbols leaves spare outputs that
+        training pushes down; set task.vocab_size to its symbol count to drop them."""
         configured = self.cfg.get("vocab_size")
         if configured:
             return int(configured)
@@ -95,7 +96,6 @@ class CharLMTask(Task):
 
     def build_model(self, make_cell: CellFactory) -> nn.Module:
         vocab = self.vocab_size()
-        self._model_vocab = vocab
         embed = self.cfg.get("embed_size")
         input_size = int(embed) if embed else vocab
         rnn = make_cell(
@@ -116,11 +116,10 @@ class CharLMTask(Task):
             level=str(self.cfg.get("level", "char")),
             fractions=self.cfg.get("split") or STANDARD_SPLIT,
         )
-        built = getattr(self, "_model_vocab", None)
-        if built is not None and built < self.corpus.vocab_size:
+        if self.corpus.vocab_size > self.vocab_size():
             raise UserError(
-                f"the text has {self.corpus.vocab_size} symbols but the model was built for {built}; "
-                f"set task.vocab_size={self.corpus.vocab_size}"
+                f"the text has {self.corpus.vocab_size} distinct symbols, more than the model's "
+                f"{self.vocab_size()} outputs; set task.vocab_size={self.corpus.vocab_size}"
             )
         self._train_x, self._train_y = stream_windows(self.corpus.train, self.batch_size)
         if self._train_x.shape[1] < self.bptt:

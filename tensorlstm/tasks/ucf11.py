@@ -90,7 +90,12 @@ class UCF11Task(Task):
             )
         self.frames = self._frames_per_clip(cfg.get("frames", "auto"))
         fps = cfg.get("fps", "auto")
-        self.fps: float | None = (24.0 if self.protocol == "yang2017" else None) if fps == "auto" else fps
+        if fps == "auto":
+            fps = 24.0 if self.protocol == "yang2017" else None
+        try:
+            self.fps: float | None = None if fps is None else float(fps)
+        except ValueError:
+            raise UserError(f"task.fps={fps!r} must be a frame rate, null or 'auto'") from None
         self.max_frames = int(cfg.get("max_frames", 1492))
         self.batch_size = int(cfg.get("batch_size", 16))
         self.eval_batch_size = int(cfg.get("eval_batch_size", 32))
@@ -114,8 +119,8 @@ class UCF11Task(Task):
             return None if self.protocol == "yang2017" else 6
         if value is None or value == "all":
             return None
-        if int(value) < 1:
-            raise UserError(f"task.frames={value} must be a positive count, 'all' or 'auto'")
+        if isinstance(value, bool) or not str(value).isdigit() or int(value) < 1:
+            raise UserError(f"task.frames={value!r} must be a positive count, 'all' or 'auto'")
         return int(value)
 
     # ------------------------------------------------------------------------------------------ model

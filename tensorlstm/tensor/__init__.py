@@ -25,8 +25,19 @@ FORMATS = ("dense", "tt", "bt", "cp", "tucker")
 DEFAULT_RANK = {"tt": 4, "bt": 4, "cp": 8, "tucker": 2}
 
 __all__ = [
-    "FORMATS", "MODES", "LinearMap", "FactorizedMap", "DenseMap", "TTMap", "BTMap", "CPMap", "TuckerMap",
-    "build_map", "factorize", "check_modes", "gate_modes",
+    "FORMATS",
+    "MODES",
+    "LinearMap",
+    "FactorizedMap",
+    "DenseMap",
+    "TTMap",
+    "BTMap",
+    "CPMap",
+    "TuckerMap",
+    "build_map",
+    "factorize",
+    "check_modes",
+    "gate_modes",
 ]
 
 
@@ -67,7 +78,9 @@ def build_map(
         raise UserError(f"unknown map format {fmt!r}; choose one of: {', '.join(FORMATS)}")
     check_mode(mode)
     in_list = check_modes(in_modes, math.prod(int(m) for m in in_modes), "in_modes") if in_modes else None
-    out_list = check_modes(out_modes, math.prod(int(m) for m in out_modes), "out_modes") if out_modes else None
+    out_list = (
+        check_modes(out_modes, math.prod(int(m) for m in out_modes), "out_modes") if out_modes else None
+    )
     if in_list is None or out_list is None:
         raise UserError("in_modes and out_modes must be non-empty lists of positive integers")
     if fmt == "dense":

@@ -19,8 +19,14 @@ from tensorlstm.tensor.planning import FactorizedMap
 class BTMap(FactorizedMap):
     """Stored with the block index first: core (N, R, ..., R), factor{k} (N, I_k, J_k, R)."""
 
-    def __init__(self, in_modes: Sequence[int], out_modes: Sequence[int], rank: int = 4, blocks: int = 1,
-                 mode: str = "auto"):
+    def __init__(
+        self,
+        in_modes: Sequence[int],
+        out_modes: Sequence[int],
+        rank: int = 4,
+        blocks: int = 1,
+        mode: str = "auto",
+    ):
         super().__init__(in_modes, out_modes, mode)
         d = len(self.in_modes)
         self.rank, self.blocks = int(rank), int(blocks)

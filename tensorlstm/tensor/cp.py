@@ -7,7 +7,6 @@ Parameters: R * sum_k (I_k + J_k).
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Sequence
 
 import torch

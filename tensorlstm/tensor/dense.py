@@ -18,8 +18,13 @@ from tensorlstm.tensor.base import LinearMap
 class DenseMap(LinearMap):
     """W stored as one (I, J) parameter `weight` (the transpose of nn.Linear's layout)."""
 
-    def __init__(self, in_features: int, out_features: int, in_modes: Sequence[int] | None = None,
-                 out_modes: Sequence[int] | None = None):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        in_modes: Sequence[int] | None = None,
+        out_modes: Sequence[int] | None = None,
+    ):
         super().__init__()
         self.in_features = int(in_features)
         self.out_features = int(out_features)

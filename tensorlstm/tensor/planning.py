@@ -3,16 +3,22 @@
 Every factorized map stores W[i_1..i_d, j_1..j_d] as a contraction (an einsum) of small factors.
 Its forward can be computed two ways:
 
-* ``factorized``:  y[z, j] = sum_i x[z, i] W[i, j] as ONE contraction of x (all rows z at once,
-  reshaped to (rows, I_1, ..., I_d)) with the factors, never forming W. The pairwise order is
-  planned by cost (opt_einsum's dynamic programming over FLOPs + intermediate sizes) and cached
-  per (equation, shapes); with the rows known it avoids huge intermediates.
-* ``reconstruct``: W = contraction of the factors (planned and cached the same way), then one GEMM.
+* ``factorized``: y[z, j] = sum_i x[z, i] W[i, j] for all rows z at once, never forming W: x,
+  viewed as (rows, I_1, ..., I_d), absorbs the factors one group at a time (`plan_chain`). A group
+  is one factor or a small merge of several (a partial rebuild, e.g. CP's Khatri-Rao products).
+  Each step multiplies a contiguous run of the accumulator's axes in place ((pre, K, post) times an
+  (N, K) matrix: one GEMM or a batched GEMM, no permute copy of the accumulator), or falls back to
+  torch.einsum. Each format lists candidate orders (TT grows an interval of cores, BT folds its core
+  in between the modes, Tucker shrinks the largest modes first...); the planner also picks where new
+  axes go, scores every candidate with a time model and caches the winner per (shapes, rows bucket,
+  device type). Intermediates stay small because the largest input modes are contracted first.
+* ``reconstruct``: W = contraction of the factors (opt_einsum paths, same time model, cached), then
+  one GEMM.
 
-``auto`` picks per call with a deterministic time estimate (FLOPs / peak rate + bytes moved /
-bandwidth + a per-kernel overhead, constants per device type) and caches the decision per
-(rows, dtype, device). A measured choice would make runs non-reproducible (the two modes round
-differently), so the choice uses the estimate only.
+``auto`` picks per call with the same deterministic time estimate (FLOPs / rate + bytes moved /
+bandwidth + a cost per step, constants per device type fitted to measurements) and caches the
+decision per (rows, dtype, device). A measured choice would make runs non-reproducible (the two
+modes round differently), so the choice uses the estimate only.
 
 Initialization: factors are drawn with the std that makes Var(W) = target_var in expectation
 (a product of independent zero-mean factors multiplies variances; a sum over ranks adds them:
@@ -39,12 +45,19 @@ from tensorlstm.tensor.base import LinearMap
 MODES = ("factorized", "reconstruct", "auto")
 LETTERS = string.ascii_lowercase + string.ascii_uppercase
 
-# (peak FLOP/s, memory bandwidth in bytes/s, seconds per kernel launch) per device type.
-# Rough figures: 2 CPU cores here run a large float32 GEMM at ~1e11 FLOP/s; an H100 ~5e13 FLOP/s.
+# Time model constants per device type: (FLOP/s, bytes/s, seconds per step) for the chains of small
+# contractions and, separately, for the one large GEMM of the reconstruct mode. CPU values are a
+# least-squares fit of forward times of 40 (map, rows) cases measured on this project's 2-core machine
+# with one thread (tt/bt/cp/tucker, d = 2..4, 16..3200 rows; median error ~20%); `auto` only needs
+# them to rank the two modes. CUDA values are nominal (not fitted).
 DEVICE_SPEED = {
-    "cpu": (1.0e11, 1.0e10, 5.0e-6),
-    "cuda": (4.0e13, 2.0e12, 1.0e-5),
+    "cpu": {"chain": (1.9e11, 5.4e9, 4.0e-5), "gemm": (1.0e11, 3.0e9, 1.0e-5)},
+    "cuda": {"chain": (2.0e13, 1.5e12, 3.0e-5), "gemm": (4.0e13, 2.0e12, 1.0e-5)},
 }
+
+
+def _speed(device_type: str, kind: str) -> tuple[float, float, float]:
+    return DEVICE_SPEED.get(device_type, DEVICE_SPEED["cuda"])[kind]
 
 
 # Measured on CPU (1 thread, forward+backward of (pre, K, post) x (N, K) products of 0.13-0.18 GFLOP):
@@ -52,7 +65,7 @@ DEVICE_SPEED = {
 # at about the same rate; the in-place form with post < 16 runs ~1.5x slower.
 SHORT_POST = 16
 SHORT_POST_PENALTY = 1.5
-# in-place products with at least this long a post run as broadcast bmm (ModeProduct): 2-3x faster
+# In-place products with at least this long a post run as a broadcast bmm (ModeProduct): 2-3x faster
 # forward than torch.matmul there; with a shorter post its backward is slower than matmul's.
 BMM_MIN_POST = 64
 
@@ -100,7 +113,7 @@ class Plan:
     largest: int  # elements of the largest intermediate
 
     def seconds(self, device_type: str, itemsize: int) -> float:
-        flops_per_s, bandwidth, launch = DEVICE_SPEED.get(device_type, DEVICE_SPEED["cuda"])
+        flops_per_s, bandwidth, launch = _speed(device_type, "chain")
         return self.flops / flops_per_s + self.moved * itemsize / bandwidth + len(self.steps) * launch
 
     def run(self, *operands: torch.Tensor) -> torch.Tensor:
@@ -212,7 +225,7 @@ class ChainPlan:
     largest: int
 
     def seconds(self, device_type: str, itemsize: int) -> float:
-        flops_per_s, bandwidth, launch = DEVICE_SPEED.get(device_type, DEVICE_SPEED["cuda"])
+        flops_per_s, bandwidth, launch = _speed(device_type, "chain")
         return self.flops / flops_per_s + self.moved * itemsize / bandwidth + len(self.steps) * launch
 
     def run(self, x: torch.Tensor, factors: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -287,7 +300,9 @@ def _search_chain(
         new = [c for c in op_axes if c not in acc]
         acc_size = size_of(acc)
         positions = [acc.index(c) for c in contracted]
-        contiguous = bool(contracted) and positions == list(range(positions[0], positions[0] + len(positions)))
+        contiguous = bool(contracted) and positions == list(
+            range(positions[0], positions[0] + len(positions))
+        )
         if not batch and contiguous:
             start, stop = positions[0], positions[0] + len(positions)
             post = size_of(acc[stop:])
@@ -304,12 +319,23 @@ def _search_chain(
                     copies = 2.0 * acc_size if kind == "mmT" else 0.0
                     out_size = size_of(nxt)
                     step = ChainStep(
-                        group, merge_eq, kind, start, stop,
-                        tuple(op_axes.index(c) for c in order + contracted), len(order),
+                        group,
+                        merge_eq,
+                        kind,
+                        start,
+                        stop,
+                        tuple(op_axes.index(c) for c in order + contracted),
+                        len(order),
                     )
                     f = 2.0 * size_of(acc + order) * slow + merge_flops
-                    rec(i + 1, nxt, steps + [step], flops + f, moved + acc_size + out_size + copies,
-                        max(largest, out_size))
+                    rec(
+                        i + 1,
+                        nxt,
+                        steps + [step],
+                        flops + f,
+                        moved + acc_size + out_size + copies,
+                        max(largest, out_size),
+                    )
         else:
             kept = [c for c in acc if c not in contracted]
             nxt = kept + new
@@ -359,7 +385,7 @@ def row_bucket(rows: int) -> int:
 
 
 def gemm_seconds(rows: int, i: int, j: int, device_type: str, itemsize: int) -> float:
-    flops_per_s, bandwidth, launch = DEVICE_SPEED.get(device_type, DEVICE_SPEED["cuda"])
+    flops_per_s, bandwidth, launch = _speed(device_type, "gemm")
     return 2.0 * rows * i * j / flops_per_s + (rows * i + i * j + rows * j) * itemsize / bandwidth + launch
 
 
@@ -424,6 +450,8 @@ class FactorizedMap(LinearMap):
         with torch.no_grad():
             for f in factors:
                 f.normal_(0.0, math.exp(0.5 * log_var))
+            if factors[0].is_meta:  # shapes only (e.g. counting parameters): nothing to rescale
+                return
             sq = self.frobenius_sq()
             wanted = target * target * self.in_features * self.out_features
             scale = math.exp((math.log(wanted) - math.log(max(sq, 1e-300))) / (2 * len(factors)))
@@ -470,7 +498,12 @@ class FactorizedMap(LinearMap):
         subs, terms = self.chain_terms()
         shapes = tuple(tuple(op.shape) for op in terms[0])
         return plan_chain(
-            self.row_sub + self.in_subs, subs, self.out_subs, shapes, row_bucket(rows), device_type,
+            self.row_sub + self.in_subs,
+            subs,
+            self.out_subs,
+            shapes,
+            row_bucket(rows),
+            device_type,
             self.forward_chains(),
         )
 

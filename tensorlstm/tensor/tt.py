@@ -49,8 +49,13 @@ def interval_orders(d: int) -> list[list[int]]:
 
 
 class TTMap(FactorizedMap):
-    def __init__(self, in_modes: Sequence[int], out_modes: Sequence[int], rank: int | Sequence[int] = 4,
-                 mode: str = "auto"):
+    def __init__(
+        self,
+        in_modes: Sequence[int],
+        out_modes: Sequence[int],
+        rank: int | Sequence[int] = 4,
+        mode: str = "auto",
+    ):
         super().__init__(in_modes, out_modes, mode)
         d = len(self.in_modes)
         self.ranks = tt_ranks(rank, d)
@@ -66,12 +71,17 @@ class TTMap(FactorizedMap):
 
     def forward_chains(self) -> tuple[tuple[tuple[int, ...], ...], ...]:
         """x absorbs the cores growing an interval (other orders make larger intermediates); the
-        first two cores may be merged first (a partial rebuild: fewer passes, more FLOPs)."""
+        first two cores may be merged first, or all cores merged into two halves (partial rebuilds:
+        fewer passes, more FLOPs)."""
+        d = len(self.in_modes)
         chains = []
-        for order in interval_orders(len(self.in_modes)):
+        for order in interval_orders(d):
             chains.append(tuple((k,) for k in order))
             if len(order) > 1:
                 chains.append((tuple(sorted(order[:2])),) + tuple((k,) for k in order[2:]))
+        for split in range(1, d):  # two partial rebuilds: the cores before and after `split`
+            head, tail = tuple(range(split)), tuple(range(split, d))
+            chains += [(tail, head), (head, tail)]
         return tuple(chains)
 
     def reconstruct_chains(self) -> tuple[tuple[int, ...], ...]:

@@ -34,8 +34,13 @@ def tucker_ranks(rank: int | Sequence[int], d: int) -> tuple[list[int], list[int
 
 
 class TuckerMap(FactorizedMap):
-    def __init__(self, in_modes: Sequence[int], out_modes: Sequence[int], rank: int | Sequence[int] = 2,
-                 mode: str = "auto"):
+    def __init__(
+        self,
+        in_modes: Sequence[int],
+        out_modes: Sequence[int],
+        rank: int | Sequence[int] = 2,
+        mode: str = "auto",
+    ):
         super().__init__(in_modes, out_modes, mode)
         d = len(self.in_modes)
         self.in_ranks, self.out_ranks = tucker_ranks(rank, d)
@@ -44,7 +49,9 @@ class TuckerMap(FactorizedMap):
         self.core = nn.Parameter(torch.empty(*self.in_ranks, *self.out_ranks))
         names, subs = ["core"], ["".join(a) + "".join(b)]
         for k in range(d):
-            self.register_parameter(f"in_factor{k}", nn.Parameter(torch.empty(self.in_modes[k], self.in_ranks[k])))
+            self.register_parameter(
+                f"in_factor{k}", nn.Parameter(torch.empty(self.in_modes[k], self.in_ranks[k]))
+            )
             names.append(f"in_factor{k}")
             subs.append(self.in_subs[k] + a[k])
         for k in range(d):
@@ -57,7 +64,8 @@ class TuckerMap(FactorizedMap):
 
     def forward_chains(self) -> tuple[tuple[tuple[int, ...], ...], ...]:
         """x absorbs the in-mode factors one by one (any order for d <= 4, else by shrink ratio), then
-        the core and the out-mode factors: one by one, or merged (core x out factors)."""
+        the core and the out-mode factors: one by one, or merged (core x out factors); or merge the
+        in-mode factors too (a Kronecker product: x then needs only GEMMs)."""
         d = len(self.in_modes)
         by_ratio = sorted(range(d), key=lambda k: self.in_ranks[k] / self.in_modes[k])
         in_orders = itertools.permutations(range(d)) if d <= 4 else [by_ratio]
@@ -68,6 +76,8 @@ class TuckerMap(FactorizedMap):
             chains.append(head + ((0,),) + tuple((k,) for k in outs))
             chains.append(head + ((0, *outs),))
             chains.append(head + ((0,), outs))
+        ins = tuple(range(1, 1 + d))  # Kronecker products of the factors: two or three GEMMs
+        chains += [(ins, (0, *outs)), ((*ins, 0), outs), (ins, (0,), outs)]
         return tuple(chains)
 
     def extra_repr(self) -> str:

@@ -1,0 +1,56 @@
+"""Every experiment recipe composes and trains for two steps on tiny data in its task's real format, and
+every table row's parameter count equals the paper's (the `tlstm info` contract)."""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+from contextlib import redirect_stdout
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, TINY_RUN, train_inprocess
+from omegaconf import OmegaConf
+
+from tensorlstm.cli import compose, main
+
+EXPERIMENTS = sorted(p.stem for p in (ROOT / "configs" / "experiment").glob("*.yaml"))
+TABLES = sorted((ROOT / "configs" / "table").glob("*.yaml"))
+
+
+def tiny_overrides(task: str, tmp_path: Path) -> list[str]:
+    path = ROOT / "tests" / "tiny" / f"{task}.py"
+    spec = importlib.util.spec_from_file_location(f"tiny_{task}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.make(tmp_path)
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_experiment_trains_two_steps_on_tiny_data(name, tmp_path):
+    cfg = compose([f"experiment={name}"])
+    overrides = tiny_overrides(cfg.task.name, tmp_path)
+    # the paper's shapes belong to the paper's input sizes; on tiny data let the cell factorize the tiny sizes
+    overrides += [f"cell.{k}=null" for k in ("in_modes", "hidden_modes", "hidden_size") if k in cfg.cell]
+    overrides += ["cell.M=8"] if "M" in cfg.cell else []  # tLSTM's width is its own key
+    summary = train_inprocess(tmp_path / "run", f"experiment={name}", *overrides, "trainer.max_steps=2",
+                              "trainer.eval_every=2", "trainer.tbptt=null", base=TINY_RUN)
+    assert summary["steps"] == 2 and summary["task"] == cfg.task.name
+
+
+ROWS = [(t.stem, row) for t in TABLES for row in OmegaConf.to_container(OmegaConf.load(t))["rows"]
+        if (row.get("paper") or {}).get("params") is not None]
+
+
+@pytest.mark.parametrize("table,row", ROWS, ids=[f"{t}:{r['name']}" for t, r in ROWS])
+def test_table_row_parameter_count_equals_the_paper(table, row):
+    key = OmegaConf.load(ROOT / "configs" / "table" / f"{table}.yaml").get("params_key", "params_input_map")
+    out = io.StringIO()
+    with redirect_stdout(out):
+        main(["info", f"experiment={row['experiment']}", *row.get("overrides", [])])
+    ours, paper = json.loads(out.getvalue())[key], row["paper"]["params"]
+    if isinstance(paper, float):  # a rounded figure in the paper (e.g. 50.1M): equal to its precision
+        assert ours == pytest.approx(paper, rel=5e-3)
+    else:
+        assert ours == paper
