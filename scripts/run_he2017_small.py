@@ -9,7 +9,8 @@ trainer saves last.pt and exits), else at --max-steps, and reports its best vali
     .venv/bin/python scripts/run_he2017_small.py                 # the default grid, 2 runs at a time
     .venv/bin/python scripts/run_he2017_small.py --jobs 1 --max-steps 2000 --only memorization
 
-Writes outputs/he2017_small/results.json and table.md (and prints the table). CPU seconds are the child's own
+Writes outputs/he2017_small/results.json and table.md (and prints the table). A run whose result.json
+exists is not run again, so an interrupted grid continues where it stopped. CPU seconds are the child's own
 user + system time (os.wait4), so they do not depend on how busy the machine is; wall time does.
 """
 
@@ -50,6 +51,7 @@ class Run:
     task: str
     model: str
     L: int
+    seed: int
     args: list[str]
     run_dir: Path
     proc: subprocess.Popen | None = None
@@ -73,6 +75,10 @@ def valid_records(run_dir: Path) -> list[dict]:
     return records
 
 
+def _name(run: Run) -> str:
+    return f"{run.task:12s} {run.model:12s} L={run.L} seed={run.seed}"
+
+
 def start(run: Run) -> None:
     run.run_dir.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "tensorlstm.cli", "train", *run.args, f"hydra.run.dir={run.run_dir}"]
@@ -80,7 +86,7 @@ def start(run: Run) -> None:
     env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
     run.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=run.log, stderr=subprocess.STDOUT, env=env)
     run.started = time.perf_counter()
-    print(f"[start] {run.task:12s} {run.model:12s} L={run.L}: {' '.join(run.args)}", flush=True)
+    print(f"[start] {_name(run)}: {' '.join(run.args)}", flush=True)
 
 
 def finish(run: Run, batch_size: int, threshold: float, rusage) -> None:
@@ -93,7 +99,7 @@ def finish(run: Run, batch_size: int, threshold: float, rusage) -> None:
     steps = max((r["step"] for r in records), default=0)
     cpu = rusage.ru_utime + rusage.ru_stime
     run.result = {
-        "task": run.task, "model": run.model, "L": run.L, "depth": info.get("depth"),
+        "task": run.task, "model": run.model, "L": run.L, "seed": run.seed, "depth": info.get("depth"),
         "params": info.get("params_recurrent_layer"),
         "samples_to_99": solved["step"] * batch_size if solved else None,
         "best_valid_seq_accuracy": max((r.get("seq_accuracy", 0.0) for r in records), default=None),
@@ -101,22 +107,30 @@ def finish(run: Run, batch_size: int, threshold: float, rusage) -> None:
         "cpu_ms_per_step": round(1e3 * cpu / steps, 1) if steps else None,
         "run_dir": str(run.run_dir),
     }
-    print(f"[done]  {run.task:12s} {run.model:12s} L={run.L}: {json.dumps(run.result)}", flush=True)
+    (run.run_dir / "result.json").write_text(json.dumps(run.result, indent=2))
+    print(f"[done]  {_name(run)}: {json.dumps(run.result)}", flush=True)
 
 
 def render(results: list[dict], args) -> str:
+    """One row per (task, model, L); per-seed values separated by ' / ' in seed order."""
     head = (f"CPU-scale He 2017 comparison: addition of 2-digit integers, memorization of 5 symbols from 10; "
             f"width {args.width}, batch {args.batch_size}, Adam {args.lr}, at most {args.max_steps} steps, "
-            f"validation ({args.valid_size} sequences) every {args.eval_every} steps.\n\n")
+            f"validation ({args.valid_size} sequences) every {args.eval_every} steps; seeds "
+            f"{' / '.join(str(s) for s in args.seeds)}.\n\n")
     lines = ["| task | model | L | params | samples to 99% | best valid seq acc | steps | CPU ms/step |",
              "|---|---|---|---|---|---|---|---|"]
+    groups: dict[tuple, list[dict]] = {}
     for r in results:
-        samples = f"{r['samples_to_99']:,}" if r["samples_to_99"] is not None else "not reached"
-        best = f"{r['best_valid_seq_accuracy']:.3f}" if r["best_valid_seq_accuracy"] is not None else "-"
-        params = f"{r['params']:,}" if r["params"] else "-"
-        lines.append(f"| {r['task']} | {r['model']} | {r['L']} | {params} | {samples} | {best} "
-                     f"| {r['steps']} | {r['cpu_ms_per_step']} |")
-    return head + "\n".join(lines) + "\n"
+        groups.setdefault((r["task"], r["model"], r["L"]), []).append(r)
+    for (task, model, L), runs in groups.items():
+        runs.sort(key=lambda r: r["seed"])
+        samples = " / ".join("-" if r["samples_to_99"] is None else f"{r['samples_to_99']:,}" for r in runs)
+        best = " / ".join(f"{r['best_valid_seq_accuracy']:.3f}" for r in runs)
+        steps = " / ".join(str(r["steps"]) for r in runs)
+        ms = " / ".join(str(r["cpu_ms_per_step"]) for r in runs)
+        params = f"{runs[0]['params']:,}" if runs[0]["params"] else "-"
+        lines.append(f"| {task} | {model} | {L} | {params} | {samples} | {best} | {steps} | {ms} |")
+    return head + "\n".join(lines) + "\n\n'-': 99% not reached within the step limit.\n"
 
 
 def main() -> None:
@@ -134,7 +148,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time")
     parser.add_argument("--cpu-budget", type=float, default=1500.0, help="CPU seconds, then skip")
     parser.add_argument("--only", choices=sorted(TASKS), default=None)
-    parser.add_argument("--seed", type=int, default=1234)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1234, 1235])
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "he2017_small")
     args = parser.parse_args()
 
@@ -142,23 +156,29 @@ def main() -> None:
               f"task.test_size={args.valid_size}", f"optim.lr={args.lr}",
               f"trainer.max_steps={args.max_steps}",
               f"trainer.eval_every={args.eval_every}", "trainer.clip_norm=1.0", "trainer.progress=false",
-              "trainer.test_at_end=false", "logger.mode=disabled", "threads=1", f"seed={args.seed}"]
-    queue = []
-    for task, task_args in TASKS.items():
-        if args.only and task != args.only:
-            continue
-        for label, L, cell_args in models(args.width, args.depths):
-            slug = f"{label.replace(' ', '_').replace('+', '_')}_L{L}"
-            queue.append(Run(task, label, L, [*task_args, *cell_args, *common], args.out / task / slug))
+              "trainer.test_at_end=false", "logger.mode=disabled", "threads=1"]
+    queue, done = [], []
+    for seed in args.seeds:
+        for task, task_args in TASKS.items():
+            if args.only and task != args.only:
+                continue
+            for label, L, cell_args in models(args.width, args.depths):
+                slug = f"{label.replace(' ', '_').replace('+', '_')}_L{L}"
+                run = Run(task, label, L, seed, [*task_args, *cell_args, *common, f"seed={seed}"],
+                          args.out / task / slug / f"seed{seed}")
+                if (run.run_dir / "result.json").is_file():  # finished earlier: reuse
+                    run.result = json.loads((run.run_dir / "result.json").read_text())
+                    done.append(run)
+                else:
+                    queue.append(run)
 
     running: dict[int, Run] = {}
-    done: list[Run] = []
-    cpu_used = 0.0
+    cpu_used = 0.0  # of this invocation
     while queue or running:
         while queue and len(running) < args.jobs:
             if cpu_used >= args.cpu_budget:
                 for run in queue:
-                    print(f"[skip]  {run.task} {run.model} L={run.L}: CPU budget spent", flush=True)
+                    print(f"[skip]  {_name(run)}: CPU budget spent", flush=True)
                 queue.clear()
                 break
             run = queue.pop(0)
@@ -176,15 +196,16 @@ def main() -> None:
                 os.kill(pid, signal.SIGTERM)  # solved: the trainer saves last.pt and exits
 
     results = [run.result for run in done]
-    results.sort(key=lambda r: (r["task"], r["model"], r["L"]))
+    results.sort(key=lambda r: (r["task"], r["model"], r["L"], r["seed"]))
     args.out.mkdir(parents=True, exist_ok=True)
+    cpu_total = sum(r["cpu_s"] for r in results)
     (args.out / "results.json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
-                                                       "cpu_s_total": round(cpu_used, 1), "runs": results},
+                                                       "cpu_s_total": round(cpu_total, 1), "runs": results},
                                                       indent=2))
     table = render(results, args)
     (args.out / "table.md").write_text(table)
     print(table)
-    print(f"CPU total: {cpu_used:.0f} s; wrote {args.out / 'table.md'}")
+    print(f"CPU: {cpu_used:.0f} s now, {cpu_total:.0f} s over all runs; wrote {args.out / 'table.md'}")
 
 
 if __name__ == "__main__":

@@ -22,9 +22,10 @@ TINY = [*TINY_RUN, "task=addition", "task.digits=2", "task.hidden_size=16", "tas
 
 def run_tlstm(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 120,
               **popen) -> subprocess.CompletedProcess:
-    """Run `tlstm` in a subprocess (for exit codes, signals and stderr)."""
+    """Run `tlstm` in a subprocess (for exit codes, signals and stderr); env values of None unset a variable."""
+    merged = {k: v for k, v in {**os.environ, **(env or {})}.items() if v is not None}
     return subprocess.run([sys.executable, "-m", "tensorlstm.cli", *args], cwd=cwd or ROOT, capture_output=True,
-                          text=True, timeout=timeout, env={**os.environ, **(env or {})}, **popen)
+                          text=True, timeout=timeout, env=merged, **popen)
 
 
 def train_inprocess(run_dir: Path, *overrides: str, base: list[str] = TINY) -> dict:

@@ -12,7 +12,15 @@ from tensorlstm.cells.recurrent import FusedRecurrent, RecurrentLayer, StackedRe
 from tensorlstm.errors import UserError
 from tensorlstm.tensor import build_map
 
-torch.set_default_dtype(torch.float64)
+
+
+@pytest.fixture(autouse=True)
+def float64():
+    """Numerics in double precision; restored afterwards so other test modules see float32."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
 
 
 def cell_cfg(name: str, **kw) -> dict:

@@ -213,7 +213,7 @@ def test_reproduce_runs_rows_and_renders_the_table(tmp_path):
 
 def test_wandb_online_without_key_falls_back_to_offline(tmp_path):
     run = tmp_path / "run"
-    env = {"WANDB_MODE": "", "WANDB_API_KEY": "", "HOME": str(tmp_path)}
+    env = {"WANDB_MODE": None, "WANDB_API_KEY": None, "HOME": str(tmp_path)}
     r = run_tlstm("train", *[a for a in TINY if not a.startswith("logger")], "logger.mode=online",
                   "trainer.max_steps=2", "trainer.eval_every=2", f"hydra.run.dir={run}", env=env, timeout=180)
     assert r.returncode == 0, r.stderr

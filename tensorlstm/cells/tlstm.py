@@ -121,7 +121,7 @@ class TensorizedLSTM(RecurrentNet):
         i, f, o = torch.sigmoid(gates[:, :, 1:]).unbind(2)
         if self.memory_conv:  # dynamic kernel per location: softmax over its taps, replicate padding
             kernel = torch.softmax(a[..., 4 * M :], dim=-1)  # (B, N, taps)
-            c = torch.matmul(kernel.unsqueeze(2), c[:, self.memory_table]).squeeze(2)  # (B, N, M)
+            c = (kernel.unsqueeze(-1) * c[:, self.memory_table]).sum(2)  # (B, N, M)
         c = g * i + c * f
         c_out = c
         if self.norm != "none":
@@ -143,12 +143,14 @@ class TensorizedLSTM(RecurrentNet):
         xp = self.input_proj(x)  # all B x T rows at once, before the time loop
         if self.delay:  # blank (zero) inputs after the last step: their projection is b^x
             xp = torch.cat([xp, self.input_proj.bias.to(xp.dtype).expand(B, self.delay, self.M)], dim=1)
-        x_terms = self._input_terms(xp)  # (B, T + delay, pairs, M^o): the input's share of A for all steps
+        # The input's share of A for all steps at once; unbind (not x[:, s]) so that backward stacks the
+        # per-step gradients once instead of filling a full-size zero tensor per step.
+        x_steps = self._input_terms(xp).unbind(1)  # T + delay tensors of (B, pairs, M^o)
         final = (h, c)
         last = None if lengths is None else lengths.to(x.device) - 1
         outputs = []
         for s in range(T + self.delay):
-            h, c = self._cell(x_terms[:, s], h, c)
+            h, c = self._cell(x_steps[s], h, c)
             if s >= self.delay:
                 outputs.append(h[:, -1])
             if s < T:

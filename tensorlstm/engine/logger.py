@@ -32,6 +32,8 @@ class RunLogger:
         self.start = time.time()
         self.wandb = None
         self.run_id = run_id
+        if os.environ.get("WANDB_MODE") == "":  # an empty value is "unset" to us, invalid to wandb
+            del os.environ["WANDB_MODE"]
         mode = os.environ.get("WANDB_MODE") or logger_cfg.get("mode", "offline")
         if mode not in ("online", "offline", "disabled"):
             raise UserError(f"logger.mode={mode!r}; choose online, offline or disabled")

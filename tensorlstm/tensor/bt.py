@@ -65,5 +65,94 @@ class BTMap(FactorizedMap):
         factors = self.factors()
         return subs, [[f[b] for f in factors] for b in range(self.blocks)]
 
+    def forward_factorized(self, x2d: torch.Tensor) -> torch.Tensor:
+        if len(self.in_modes) != 4:
+            return super().forward_factorized(x2d)
+        return self._forward_chain4(x2d)
+
+    def _forward_chain4(self, x2d: torch.Tensor) -> torch.Tensor:
+        """d = 4: the chunked three-GEMM chain of `_BTChain4`, then mode 0 on the small result."""
+        rows = x2d.shape[0]
+        (i0, i1, i2, i3), (j0, j1, j2, j3) = self.in_modes, self.out_modes
+        n, r = self.blocks, self.rank
+        a1 = self.factor1.reshape(n, i1, j1 * r).transpose(1, 2).contiguous()
+        a3 = self.factor3.permute(0, 3, 2, 1).reshape(n, r * j3, i3).contiguous()
+        # m3[n, r3, (r1, i2), (j2, r0)] = sum_r2 core[n, r0, r1, r2, r3] factor2[n, i2, j2, r2]
+        m3 = torch.einsum("nabcd,nijc->ndbija", self.core, self.factor2).reshape(n, r, r * i2, j2 * r)
+        x3 = x2d.reshape(rows * i0, i1, i2 * i3)
+        chunk = max(1, CHUNK_ELEMENTS // (i1 * i2 * i3))
+        s = _BTChain4.apply(x3, a1, a3, m3.contiguous(), j3, chunk)
+        s = s.view(n, j3, rows, i0, j1, j2, r)
+        y = torch.einsum("ndbijka,niea->bejkd", s, self.factor0)
+        return y.reshape(rows, self.out_features)
+
     def extra_repr(self) -> str:
         return super().extra_repr() + f", R={self.rank}, N={self.blocks}"
+
+
+# --- fast path for d = 4 ----------------------------------------------------------------------------
+# x (rows, I0, I1, I2, I3) is processed in chunks of CHUNK_ELEMENTS input entries (rows of P = rows*I0)
+# so that every intermediate stays in cache; per chunk and block, three plain (batched) GEMMs:
+#   T1 = A1 x          contract I1 in place:      (p, J1 R, I2 I3)          [(p, j1, r1, i2, i3)]
+#   T2 = A3^T T1^T     contract I3, rank in front: (R J3, p J1 R I2)         [(r3, j3, p, j1, r1, i2)]
+#   S  = sum_r3 T2[r3] M[r3]  with M = core x A2:  (J3 p J1, J2 R)           [(j3, p, j1, j2, r0)]
+# then the gate-carrying mode 0 (I0 x R -> J0) is contracted last on the small S, with autograd.
+# The backward recomputes T1 and T2 chunk by chunk (cheaper than keeping them: they would be the
+# largest tensors of the step) and never forms anything larger than the input.
+CHUNK_ELEMENTS = 1 << 18
+
+
+class _BTChain4(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x3, a1, a3, m3, j3, chunk):  # noqa: D102
+        # x3 (P, I1, I2*I3); a1 (N, J1*R, I1); a3 (N, R*J3, I3); m3 (N, R, R*I2, J2*R)
+        P, I1, Q = x3.shape
+        N, JR1, _ = a1.shape
+        R, RI2, JR2 = m3.shape[1:]
+        I3 = a3.shape[2]
+        J1 = JR1 // R
+        out = x3.new_empty(N, j3, P, J1, JR2)
+        for s in range(0, P, chunk):
+            xc = x3[s : s + chunk]
+            c = xc.shape[0]
+            for n in range(N):
+                t1 = torch.matmul(a1[n], xc)
+                t2 = a3[n] @ t1.view(-1, I3).t()
+                out[n, :, s : s + c] = torch.bmm(t2.view(R, -1, RI2), m3[n]).sum(0).view(j3, c, J1, JR2)
+        ctx.save_for_backward(x3, a1, a3, m3)
+        ctx.chunk = chunk
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: D102
+        x3, a1, a3, m3 = ctx.saved_tensors
+        chunk = ctx.chunk
+        P, I1, Q = x3.shape
+        N, JR1, _ = a1.shape
+        R, RI2, JR2 = m3.shape[1:]
+        I3 = a3.shape[2]
+        j3 = grad.shape[1]
+        need_x = ctx.needs_input_grad[0]
+        gx = torch.empty_like(x3) if need_x else None
+        ga1, ga3, gm3 = torch.zeros_like(a1), torch.zeros_like(a3), torch.zeros_like(m3)
+        m3t = m3.transpose(2, 3)
+        for s in range(0, P, chunk):
+            xc = x3[s : s + chunk]
+            c = xc.shape[0]
+            for n in range(N):
+                t1 = torch.matmul(a1[n], xc)
+                t1v = t1.view(-1, I3)
+                t2 = (a3[n] @ t1v.t()).view(R, -1, RI2)
+                gs = grad[n, :, s : s + c].reshape(1, -1, JR2).expand(R, -1, JR2)
+                gm3[n] += torch.bmm(t2.transpose(1, 2), gs).view_as(gm3[n])
+                gt2 = torch.bmm(gs, m3t[n]).view(R * j3, -1)
+                ga3[n] += gt2 @ t1v
+                gt1 = (gt2.t() @ a3[n]).view(c, JR1, Q)
+                ga1[n] += torch.bmm(gt1, xc.transpose(1, 2)).sum(0)
+                if need_x:
+                    contrib = torch.matmul(a1[n].t(), gt1)
+                    if n == 0:
+                        gx[s : s + c] = contrib
+                    else:
+                        gx[s : s + c] += contrib
+        return gx, ga1, ga3, gm3, None, None
