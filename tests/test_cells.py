@@ -13,7 +13,6 @@ from tensorlstm.errors import UserError
 from tensorlstm.tensor import build_map
 
 
-
 @pytest.fixture(autouse=True)
 def float64():
     """Numerics in double precision; restored afterwards so other test modules see float32."""

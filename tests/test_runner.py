@@ -12,11 +12,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import ROOT, TINY, TINY_RUN, run_tlstm, train_inprocess
 
 from tensorlstm.engine.checkpoint import load_checkpoint, save_checkpoint
 from tensorlstm.errors import UserError
-
-from conftest import ROOT, TINY, TINY_RUN, run_tlstm, train_inprocess
 
 
 def test_train_writes_the_run_directory(tmp_path):
