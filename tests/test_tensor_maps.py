@@ -267,3 +267,19 @@ def test_chain_step_kinds(kind):
     assert torch.autograd.gradcheck(
         lambda a, f: ChainPlan((step,), None, 0.0, 0.0, 0).run(a, [f]), (acc, factor), eps=1e-6, atol=1e-7
     )
+
+
+def test_bt_chunked_path_matches_dense_and_gradchecks(monkeypatch):
+    """The 4-mode BT kernel splits rows into chunks: several chunks plus a partial one give x @ W exactly."""
+    import tensorlstm.tensor.bt as bt
+
+    monkeypatch.setattr(bt, "CHUNK_ELEMENTS", 40)  # a few rows per chunk, with a leftover
+    torch.manual_seed(0)
+    m = build_map("bt", [3, 2, 5, 2], [2, 3, 2, 2], rank=2, blocks=2, mode="factorized").double()
+    x = torch.randn(7, 60, dtype=torch.float64, requires_grad=True)
+    torch.testing.assert_close(m(x), x @ m.reconstruct())
+    assert torch.autograd.gradcheck(lambda inp: m(inp), (x,), eps=1e-6, atol=1e-6)
+    names = [n for n, _ in m.named_parameters()]
+    params = tuple(p.detach().clone().requires_grad_() for p in m.parameters())
+    xd = x.detach()
+    assert torch.autograd.gradcheck(lambda *ps: functional_call(m, dict(zip(names, ps)), (xd,)), params, atol=1e-6)
