@@ -300,6 +300,9 @@ def main(argv: list[str] | None = None) -> int:
         return COMMANDS[argv[0]](argv[1:]) or 0
     except UserError as e:
         _fail(e)
+    except BrokenPipeError:  # e.g. `tlstm info ... | head`
+        sys.stderr.close()
+        return 0
     return 2
 
 

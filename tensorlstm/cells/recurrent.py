@@ -98,29 +98,46 @@ class RecurrentLayer(nn.Module):
         """Input projection of all rows at once: (..., I) -> (..., G*H), bias included."""
         return self.input_map(sequence_dropout(x, self.dropout, self.training)) + self.bias
 
-    def cell(self, xw_t: torch.Tensor, state: tuple, U: torch.Tensor, h_mask) -> tuple[torch.Tensor, tuple]:
-        """One step from the projected input xw_t (B, G*H)."""
+    def cell(
+        self, xw_t: torch.Tensor, state: tuple, U: torch.Tensor, h_mask, record: list | None = None,
+        bias_hu: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, tuple]:
+        """One step from the projected input xw_t (B, G*H).
+
+        ``record`` (used by ``forward``) collects the detached left operands of ``h U`` so that the
+        gradient of U is one large matmul after the loop (see ``_RecurrentWeightGrad``); ``bias_hu``: the
+        reset-after GRU's ``_bias_hu()``, built once per sequence."""
         h = state[0]
         hd = h if h_mask is None else h * h_mask
         H = self.hidden_size
         if self.base == "lstm":
-            gates = torch.addmm(xw_t, hd, U)
-            i, f, g, o = gates.split(H, dim=1)
-            c = self.gate(f) * state[1] + self.gate(i) * torch.tanh(g)
+            # split (one cat in backward), not slices (a zero-filled gradient each)
+            i_f, g, o = torch.addmm(xw_t, hd, U).split((2 * H, H, H), dim=1)
+            i, f = self.gate(i_f).split(H, dim=1)  # i, f in one call
+            c = f * state[1] + i * torch.tanh(g)
             h = self.gate(o) * torch.tanh(c)
+            if record is not None:
+                record.append(hd.detach())
             return h, (h, c)
+        xw_rz, xw_n = xw_t.split((2 * H, H), dim=1)
         if self.reset_after:
-            hu = hd @ U
-            r = self.gate(xw_t[:, :H] + hu[:, :H])
-            z = self.gate(xw_t[:, H : 2 * H] + hu[:, H : 2 * H])
-            n = torch.tanh(xw_t[:, 2 * H :] + r * (hu[:, 2 * H :] + self.bias_hn))
+            b_hu = self._bias_hu() if bias_hu is None else bias_hu  # [0, 0, b_hn]
+            hu_rz, hu_n = torch.addmm(b_hu, hd, U).split((2 * H, H), dim=1)
+            r, z = self.gate(xw_rz + hu_rz).split(H, dim=1)
+            n = torch.tanh(torch.addcmul(xw_n, r, hu_n))
         else:
-            hu = hd @ U[:, : 2 * H]
-            r = self.gate(xw_t[:, :H] + hu[:, :H])
-            z = self.gate(xw_t[:, H : 2 * H] + hu[:, H:])
-            n = torch.tanh(xw_t[:, 2 * H :] + (r * hd) @ U[:, 2 * H :])
-        h = (1 - z) * n + z * h
+            U_rz, U_n = U.split((2 * H, H), dim=1)
+            r, z = self.gate(torch.addmm(xw_rz, hd, U_rz)).split(H, dim=1)
+            rh = r * hd
+            n = torch.tanh(torch.addmm(xw_n, rh, U_n))
+        if record is not None:
+            record.append((hd.detach(), (r if self.reset_after else rh).detach()))
+        h = torch.lerp(n, h, z)  # (1 - z) * n + z * h
         return h, (h,)
+
+    def _bias_hu(self) -> torch.Tensor:
+        """[0, 0, b_hn]: the recurrent-side bias of the reset-after GRU, added inside h U."""
+        return torch.cat([self.bias_hn.new_zeros(2 * self.hidden_size), self.bias_hn])
 
     def _h_mask(self, batch: int, ref: torch.Tensor):
         if not self.training or self.recurrent_dropout == 0.0:
@@ -130,14 +147,23 @@ class RecurrentLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, state: tuple | None = None, lengths: torch.Tensor | None = None):
         B, T = x.shape[:2]
-        xw = self.project(x)  # one contraction for all B*T rows
+        # one contraction for all rows, time-major (T, B, G): each step reads a contiguous slab and the
+        # backward of unbind(0) is a contiguous cat
+        xw = self.input_map(sequence_dropout(x, self.dropout, self.training).transpose(0, 1)) + self.bias
         if state is None:
             state = self.init_state(B, x.device, xw.dtype)
         U = self.recurrent_weight()
         h_mask = self._h_mask(B, xw)
+        record = None
+        if torch.is_grad_enabled() and U.requires_grad:
+            # the loop sees a detached U; dL/dU = sum_t h_{t-1}^T dL/dgates_t is one matmul in backward
+            record = []
+            xw = _RecurrentWeightGrad.apply(xw, U, self, record)
+            U = U.detach()
+        bias_hu = self._bias_hu() if self.reset_after else None
         outputs = []
-        for t in range(T):
-            h, new = self.cell(xw[:, t], state, U, h_mask)
+        for t, xw_t in enumerate(xw.unbind(0)):  # one cat in backward, not T zero-filled (T, B, G) grads
+            h, new = self.cell(xw_t, state, U, h_mask, record, bias_hu)
             if lengths is not None:
                 alive = lengths > t
                 new = select_state(alive, new, state)
@@ -151,6 +177,41 @@ class RecurrentLayer(nn.Module):
         if state is None:
             state = self.init_state(x_t.shape[0], x_t.device, xw.dtype)
         return self.cell(xw, state, self.recurrent_weight(), self._h_mask(x_t.shape[0], xw))
+
+
+class _RecurrentWeightGrad(torch.autograd.Function):
+    """Identity on the projected inputs xw (T, B, G) that also owns the gradient of U.
+
+    In the loop, U enters every step as ``xw_t + h_{t-1} U`` (LSTM; GRU variants below), so
+    dL/dU = sum_t h_{t-1}^T dL/dxw_t: one (H x B*T) @ (B*T x G) matmul here instead of T thin ones
+    plus T accumulations of an H x G gradient. ``record`` gets the per-step detached left operands
+    during the forward loop (hd for the LSTM; (hd, r) for the reset-after GRU, whose n columns see
+    r * dn; (hd, r * hd) for the reset-before GRU, whose n columns multiply r * hd).
+    """
+
+    @staticmethod
+    def forward(ctx, xw: torch.Tensor, U: torch.Tensor, layer: RecurrentLayer, record: list) -> torch.Tensor:
+        ctx.layer, ctx.record = layer, record
+        return xw.view_as(xw)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        layer, record = ctx.layer, ctx.record
+        H, G = layer.hidden_size, grad.shape[-1]
+        flat = grad.reshape(-1, G)  # rows in (T, B) order, like the stacked records
+        if layer.base == "lstm":
+            hd = torch.stack(record).reshape(-1, H)
+            gU = hd.T @ flat
+        else:
+            hd = torch.stack([r[0] for r in record]).reshape(-1, H)
+            aux = torch.stack([r[1] for r in record]).reshape(-1, H)
+            if layer.reset_after:  # n columns: h^T (r * dn)
+                gU = torch.cat([hd.T @ flat[:, : 2 * H], hd.T @ (aux * flat[:, 2 * H :])], dim=1)
+            else:  # n columns: (r * h)^T dn
+                gU = torch.cat([hd.T @ flat[:, : 2 * H], aux.T @ flat[:, 2 * H :]], dim=1)
+        ctx.record = ctx.layer = None
+        return grad, gU, None, None
 
 
 class StackedRecurrent(RecurrentNet):
