@@ -15,7 +15,8 @@ install: $(VENV)/.installed
 demo: install  ## a real, small training run (addition task, CPU, ~2 minutes), then its run dir and metrics
 	$(TLSTM) train experiment=demo
 
-test: install  ## the test suite (what CI runs)
+test: install  ## lint, then the test suite (what CI runs)
+	$(VENV)/bin/ruff check tensorlstm tests scripts
 	OMP_NUM_THREADS=1 WANDB_MODE=disabled $(PY) -m pytest tests -q
 
 lint: install
