@@ -5,6 +5,9 @@ TLSTM := $(VENV)/bin/tlstm
 
 .PHONY: install demo test lint bench data-ucf11 clean
 
+UCF11_RAW ?= data/ucf11_raw
+UCF11_CACHE ?= data/ucf11
+
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q -e '.[dev]'
@@ -24,6 +27,9 @@ lint: install
 
 bench: install  ## speed of maps and cells, as ratios to dense baselines measured in the same run
 	$(TLSTM) bench --out bench.json
+
+data-ucf11: install  ## download + extract UCF11 (needs internet and unrar/7z), decode it into the frame cache (resumable)
+	$(PY) scripts/prepare_ucf11.py --download --source $(UCF11_RAW) --out $(UCF11_CACHE)
 
 clean:
 	rm -rf outputs multirun wandb .pytest_cache
