@@ -218,3 +218,10 @@ def test_wandb_online_without_key_falls_back_to_offline(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "offline" in r.stdout
     assert list((run / "wandb").glob("offline-run-*"))
+
+
+def test_stop_at_ends_the_run_when_the_validation_metric_is_reached(tmp_path):
+    summary = train_inprocess(tmp_path / "run", "trainer.max_steps=30", "trainer.eval_every=5", "trainer.stop_at=0.0")
+    assert summary["steps"] == 5 and summary["test"]  # seq_accuracy >= 0.0 at the first evaluation
+    summary = train_inprocess(tmp_path / "run2", "trainer.max_steps=10", "trainer.eval_every=5", "trainer.stop_at=1.01")
+    assert summary["steps"] == 10

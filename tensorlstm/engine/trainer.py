@@ -206,6 +206,10 @@ def train(cfg: dict, run_dir: Path) -> dict:
                         best = float(value)
                         checkpoint("best.pt")
                     checkpoint("last.pt")
+                    if _reached(value, tcfg.get("stop_at"), task.higher_is_better):
+                        log.info("step %d: valid %s=%s reached trainer.stop_at=%s; stopping", step, task.metric,
+                                 value, tcfg["stop_at"])
+                        break
                 if signals.received is not None:
                     path = checkpoint("last.pt")
                     name = signal.Signals(signals.received).name
@@ -249,6 +253,13 @@ def train(cfg: dict, run_dir: Path) -> dict:
     logger.summary(summary)
     logger.finish(0)
     return summary
+
+
+def _reached(value, target, higher: bool) -> bool:
+    """Early stop: the validation metric reached trainer.stop_at (>= when higher is better, else <=)."""
+    if value is None or target is None:
+        return False
+    return float(value) >= float(target) if higher else float(value) <= float(target)
 
 
 def _evaluate(task, model: nn.Module, split: str) -> dict[str, float]:
