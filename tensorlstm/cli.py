@@ -116,7 +116,11 @@ def load_config(overrides: list[str], hydra: bool = False):
 
 
 def preflight(overrides: list[str]) -> list[str]:
-    """Validate the overrides of a single run; return them with hydra.run.dir set when resuming."""
+    """Validate the overrides of a single run; return them with hydra.run.dir set when resuming.
+
+    `resume=<run dir or .pt>` starts from that run's own overrides (.hydra/overrides.yaml), so the same
+    task and cell are rebuilt; overrides given now come after them (e.g. a larger trainer.max_steps)."""
+    overrides = [*_saved_overrides(overrides), *overrides]
     full, cfg = load_config(overrides, hydra=True)
     resume = cfg.get("resume")
     if resume in (None, "", "none", "null") or any(o.startswith("hydra.run.dir=") for o in overrides):
@@ -128,25 +132,42 @@ def preflight(overrides: list[str]) -> list[str]:
     return [*overrides, f"hydra.run.dir={run_dir}"]
 
 
-_IGNORED_FOR_RESUME = {"resume", "logger", "trainer", "device", "run_name"}
+def _saved_overrides(overrides: list[str]) -> list[str]:
+    """The overrides a run was started with, when `resume=` names a run dir or a checkpoint in one."""
+    from omegaconf import OmegaConf
+
+    value = next((o.partition("=")[2] for o in overrides if o.startswith("resume=")), None)
+    if value in (None, "", "auto", "null", "none"):
+        return []
+    path = Path(value)
+    run_dir = path.parent.parent if path.suffix == ".pt" else path
+    saved = run_dir / ".hydra" / "overrides.yaml"
+    if not saved.is_file():
+        return []
+    return [o for o in OmegaConf.to_container(OmegaConf.load(saved))
+            if not o.startswith(("hydra.", "resume="))]
 
 
 def _resume_dir(resume: str, new_run_dir: Path, cfg: dict) -> Path | None:
+    from omegaconf import OmegaConf
+
+    from tensorlstm.engine.checkpoint import check_resumable, config_differences
+
     if resume != "auto":
         path = Path(resume)
         run_dir = path.parent.parent if path.suffix == ".pt" else path
         if not (run_dir / "checkpoints" / "last.pt").exists() and path.suffix != ".pt":
             raise UserError(f"resume={resume}: no checkpoints/last.pt there; pass a run dir of tlstm train")
+        saved = run_dir / ".hydra" / "config.yaml"
+        if saved.is_file():  # checked before Hydra rewrites the run's .hydra/ files
+            check_resumable(OmegaConf.to_container(OmegaConf.load(saved), resolve=True), cfg, str(run_dir))
         return run_dir
-    from omegaconf import OmegaConf
-
-    want = {k: v for k, v in cfg.items() if k not in _IGNORED_FOR_RESUME}
     candidates = []
     for d in new_run_dir.parent.glob("*"):
         saved = d / ".hydra" / "config.yaml"
         if (d / "checkpoints" / "last.pt").exists() and not (d / "summary.json").exists() and saved.exists():
             old = OmegaConf.to_container(OmegaConf.load(saved), resolve=True)
-            if {k: v for k, v in old.items() if k not in _IGNORED_FOR_RESUME} == want:
+            if not config_differences(old, cfg):
                 candidates.append(d)
     return max(candidates, key=lambda d: (d / "checkpoints" / "last.pt").stat().st_mtime) if candidates else None
 
@@ -189,6 +210,16 @@ def cmd_train(args: list[str]) -> int:
     return 0
 
 
+def _flag(args: list[str], name: str, default: str | None) -> tuple[str | None, list[str]]:
+    """The value after `name` in args (and args without both), or the default when absent."""
+    if name not in args:
+        return default, args
+    i = args.index(name)
+    if i + 1 >= len(args) or args[i + 1].startswith("-"):
+        raise UserError(f"{name} needs a value, e.g. {name} {default or 'A,B'}")
+    return args[i + 1], args[:i] + args[i + 2 :]
+
+
 def cmd_info(args: list[str]) -> int:
     from tensorlstm.engine.build import build, model_info, primary_net
 
@@ -212,8 +243,14 @@ def _load_for_eval(target: str, overrides: list[str], name: str):
     ckpt_path = find_checkpoint(path, name) if path.is_file() or (path / "checkpoints" / name).exists() \
         else find_checkpoint(path, "last.pt")
     ckpt = load_checkpoint(ckpt_path)
-    cfg = OmegaConf.to_container(OmegaConf.merge(OmegaConf.create(ckpt["config"]), OmegaConf.from_dotlist(overrides)))
-    task, model, _ = build(cfg)
+    base = OmegaConf.create(ckpt["config"])
+    OmegaConf.set_struct(base, True)  # a misspelled key is an error, not a new key
+    try:
+        cfg = OmegaConf.to_container(OmegaConf.merge(base, OmegaConf.from_dotlist(overrides)))
+    except Exception as e:
+        raise UserError(f"{' '.join(overrides)}: {_one_line(e)}; keys are those of the run's config") from e
+    _check_types(ckpt["config"], cfg)
+    task, model, _ = build(cfg, prepare=True)
     device = resolve_device(cfg.get("device", "auto"))
     model.load_state_dict(ckpt["model"])
     model.to(device).eval()
@@ -229,7 +266,6 @@ def cmd_eval(args: list[str]) -> int:
     if not args:
         raise UserError("tlstm eval needs a run directory or a checkpoint: tlstm eval outputs/<task>/<cell>/<time>")
     task, model, cfg, ckpt_path, run_dir = _load_for_eval(args[0], args[1:], "best.pt")
-    task.prepare()
     with torch.no_grad():
         metrics = {k: float(v) for k, v in task.evaluate(model, "test").items()}
     out = {"checkpoint": str(ckpt_path), "split": "test", **metrics}
@@ -241,11 +277,10 @@ def cmd_eval(args: list[str]) -> int:
 def cmd_sample(args: list[str]) -> int:
     if not args:
         raise UserError("tlstm sample needs a run directory or a checkpoint of a generative task (draw_mnist)")
-    n = 64
-    if "--n" in args:
-        i = args.index("--n")
-        n = int(args[i + 1])
-        args = args[:i] + args[i + 2 :]
+    n, args = _flag(args, "--n", "64")
+    if not n.isdigit() or int(n) < 1:
+        raise UserError(f"--n {n}: give the number of samples as a positive integer, e.g. --n 64")
+    n = int(n)
     task, model, cfg, _, run_dir = _load_for_eval(args[0], args[1:], "best.pt")
     if not hasattr(task, "sample"):
         raise UserError(f"task {cfg['task']['name']} cannot sample; sampling is for generative tasks (draw_mnist)")
@@ -265,9 +300,8 @@ def cmd_reproduce(args: list[str]) -> int:
     collect = "--collect" in rest
     rest = [a for a in rest if a != "--collect"]
     if "--rows" in rest:
-        i = rest.index("--rows")
-        rows = rest[i + 1].split(",")
-        rest = rest[:i] + rest[i + 2 :]
+        value, rest = _flag(rest, "--rows", None)
+        rows = value.split(",")
     return reproduce(args[0], CONFIG_DIR, rest, collect_only=collect, only_rows=rows)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import io
 import json
+import math
 from contextlib import redirect_stdout
 from pathlib import Path
 
@@ -37,6 +38,7 @@ def test_experiment_trains_two_steps_on_tiny_data(name, tmp_path):
     summary = train_inprocess(tmp_path / "run", f"experiment={name}", *overrides, "trainer.max_steps=2",
                               "trainer.eval_every=2", base=TINY_RUN)
     assert summary["steps"] == 2 and summary["task"] == cfg.task.name
+    assert math.isfinite(summary["test"][summary["metric"]])  # the task's own metric, on the test split
 
 
 ROWS = [(t.stem, row) for t in TABLES for row in OmegaConf.to_container(OmegaConf.load(t))["rows"]

@@ -225,3 +225,16 @@ def test_stop_at_ends_the_run_when_the_validation_metric_is_reached(tmp_path):
     assert summary["steps"] == 5 and summary["test"]  # seq_accuracy >= 0.0 at the first evaluation
     summary = train_inprocess(tmp_path / "run2", "trainer.max_steps=10", "trainer.eval_every=5", "trainer.stop_at=1.01")
     assert summary["steps"] == 10
+
+
+def test_resume_from_a_run_dir_reuses_its_overrides_and_refuses_a_different_config(tmp_path):
+    run = tmp_path / "run"
+    train_inprocess(run, "trainer.max_steps=4", "trainer.eval_every=2", "cell=tt", "rank=2")
+    (run / "summary.json").unlink()  # as if it had been killed after its last checkpoint
+    clash = run_tlstm("train", f"resume={run}", "rank=3")
+    assert clash.returncode == 2 and "another config" in clash.stderr and "rank" in clash.stderr
+    r = run_tlstm("train", f"resume={run}", "trainer.max_steps=6")  # nothing else repeated
+    assert r.returncode == 0, r.stderr
+    assert "resuming" in r.stdout
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["cell"] == "tt" and summary["steps"] == 6

@@ -11,6 +11,7 @@ and ``reset_after=False`` (Cho et al. / Keras / Tjandra: n = tanh(x W_n + b_n + 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -329,16 +330,9 @@ def _modes(explicit, hint, size: int, d: int, what: str) -> list[int]:
     """The cell config's modes win, then the task's hint (if it multiplies to size), then d balanced factors."""
     if explicit is not None:
         return check_modes(list(explicit), size, what)
-    if hint is not None and _prod(hint) == size:
+    if hint is not None and math.prod(hint) == size:
         return list(hint)
     return factorize(size, d)
-
-
-def _prod(xs) -> int:
-    out = 1
-    for v in xs:
-        out *= int(v)
-    return out
 
 
 def build_recurrent(cfg: dict, input_size: int, hidden_size: int, in_modes=None, hidden_modes=None) -> RecurrentNet:

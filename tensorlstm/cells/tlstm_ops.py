@@ -102,7 +102,8 @@ class Geometry:
 
 def make_geometry(P: int | Sequence[int], K: int | None, feedback: bool) -> Geometry:
     """Validate the config's P, K, feedback (UserError on bad values); K None: 3 with feedback, 2 without."""
-    if isinstance(P, bool) or not isinstance(P, (int, Sequence)):
+    if isinstance(P, (bool, str)) or not isinstance(P, (int, Sequence)) or \
+            (not isinstance(P, int) and not all(isinstance(p, int) and not isinstance(p, bool) for p in P)):
         raise UserError(f"cell.P must be an int (2D tLSTM) or a list of two ints (3D), got {P!r}")
     sizes = (int(P),) if isinstance(P, int) else tuple(int(p) for p in P)
     if len(sizes) not in (1, 2) or min(sizes) < 1:

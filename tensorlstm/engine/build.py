@@ -38,9 +38,13 @@ def validate(cfg: dict) -> None:
         raise UserError(f"trainer.eval_every={cfg['trainer']['eval_every']} must be >= 1")
 
 
-def build(cfg: dict) -> tuple[Task, nn.Module, CellFactory]:
+def build(cfg: dict, prepare: bool = False) -> tuple[Task, nn.Module, CellFactory]:
+    """Task and model from a resolved config. `prepare=True` loads the data first (train, eval), so a model
+    may take statistics from it (e.g. UCF11's per-channel means); `tlstm info` builds without data."""
     validate(cfg)
     task = build_task(dict(cfg["task"]), int(cfg["seed"]))
+    if prepare:
+        task.prepare()
     factory = CellFactory(dict(cfg["cell"]))
     model = task.build_model(factory)
     if not factory.built:

@@ -13,6 +13,34 @@ import torch
 
 from tensorlstm.errors import UserError
 
+# config keys that may change when a run is resumed (how long, how it logs, where it runs); all others must match
+RESUMABLE_CHANGES = frozenset({"resume", "logger", "trainer", "device", "threads", "run_name"})
+
+
+def config_differences(old: dict, new: dict) -> list[str]:
+    """Dotted keys whose values differ between two resolved configs, ignoring RESUMABLE_CHANGES."""
+    out: list[str] = []
+
+    def walk(a, b, path: str) -> None:
+        if isinstance(a, dict) and isinstance(b, dict):
+            for k in sorted(set(a) | set(b)):
+                if not path and k in RESUMABLE_CHANGES:
+                    continue
+                walk(a.get(k), b.get(k), f"{path}.{k}" if path else k)
+        elif a != b:
+            out.append(f"{path}: {a!r} -> {b!r}")
+
+    walk(old, new, "")
+    return out
+
+
+def check_resumable(old: dict, new: dict, what: str) -> None:
+    """UserError when `new` is not a resumption of the run trained with config `old`."""
+    changed = config_differences(old, new)
+    if changed:
+        raise UserError(f"resume: {what} was trained with another config ({'; '.join(changed[:3])}); "
+                        "pass the run's overrides again or start a new run")
+
 
 def save_checkpoint(obj: dict[str, Any], path: str | Path) -> Path:
     """Atomically write `obj` to `path` (temp file in the same folder, fsync, rename)."""

@@ -22,7 +22,7 @@ from torch import nn
 
 from tensorlstm.cells.base import detach_state, map_state
 from tensorlstm.engine.build import build, model_info
-from tensorlstm.engine.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
+from tensorlstm.engine.checkpoint import check_resumable, find_checkpoint, load_checkpoint, save_checkpoint
 from tensorlstm.engine.logger import RunLogger, read_metrics
 from tensorlstm.engine.optim import build_optimizer, build_scheduler
 from tensorlstm.engine.seeding import resolve_device, rng_state, seed_everything, set_rng_state
@@ -94,27 +94,31 @@ def train(cfg: dict, run_dir: Path) -> dict:
         torch.set_num_threads(int(cfg["threads"]))
     seed_everything(int(cfg["seed"]), bool(tcfg.get("deterministic", True)))
     device = resolve_device(cfg.get("device", "auto"))
-    task, model, factory = build(cfg)
+    task, model, factory = build(cfg, prepare=True)
     info = model_info(model, factory)
     task.device = device
     model.to(device)
-    task.prepare()
     max_steps = int(tcfg["max_steps"])
     optimizer = build_optimizer(model, cfg["optim"])
     scheduler = build_scheduler(optimizer, cfg["optim"], max_steps)
     ckpt_dir = run_dir / "checkpoints"
 
+    use_amp = bool(tcfg.get("amp")) and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda") if use_amp else None
     # ---- resume -------------------------------------------------------------------------------------
     step, best, history, carry, skipped, wandb_id = 0, None, [], None, 0, None
     resume_from = _resume_checkpoint(cfg.get("resume"), ckpt_dir)
     if resume_from is not None:
         ckpt = load_checkpoint(resume_from, map_location=device)
+        check_resumable(ckpt["config"], cfg, str(resume_from))
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         set_rng_state(ckpt["rng"])
         step, best, history = ckpt["step"], ckpt["best"], ckpt["history"]
         carry, skipped, wandb_id = to_device(ckpt.get("carry"), device), ckpt.get("skipped", 0), ckpt.get("wandb_id")
+        if scaler is not None and ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
         _truncate_metrics(run_dir, step)
         print(f"tensorlstm: resuming {run_dir} from {resume_from} at step {step}")
 
@@ -134,6 +138,7 @@ def train(cfg: dict, run_dir: Path) -> dict:
                 "history": history,
                 "carry": map_state(lambda t: t.cpu(), carry),
                 "skipped": skipped,
+                "scaler": scaler.state_dict() if scaler is not None else None,
                 "config": cfg,
                 "wandb_id": logger.run_id,
                 "info": info,
@@ -141,8 +146,6 @@ def train(cfg: dict, run_dir: Path) -> dict:
             ckpt_dir / name,
         )
 
-    use_amp = bool(tcfg.get("amp")) and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda") if use_amp else None
     autocast = (lambda: torch.autocast("cuda", dtype=torch.float16)) if use_amp else nullcontext
     eval_every, log_every = int(tcfg["eval_every"]), int(tcfg.get("log_every", 50))
     progress = _progress(tcfg, step, max_steps)
@@ -156,37 +159,36 @@ def train(cfg: dict, run_dir: Path) -> dict:
                 batch = to_device(task.train_batch(step), device)
                 with autocast():
                     loss, stats, new_carry = task.loss(model, batch, carry if task.carries_state else None)
-                if not torch.isfinite(loss):
-                    if tcfg.get("nonfinite", "stop") != "skip":
-                        last = ckpt_dir / "last.pt"
-                        raise TrainingStopped(
-                            f"non-finite loss ({loss.item()}) at step {step}; the last good checkpoint is "
-                            f"{last if last.exists() else 'not written yet'}; lower optim.lr, set "
-                            "trainer.clip_norm, or trainer.nonfinite=skip", 1)
-                    skipped += 1
-                    optimizer.zero_grad(set_to_none=True)
-                    step += 1
-                    continue
+                finite = bool(torch.isfinite(loss))
+                if not finite and tcfg.get("nonfinite", "stop") != "skip":
+                    last = ckpt_dir / "last.pt"
+                    raise TrainingStopped(
+                        f"non-finite loss ({loss.item()}) at step {step}; the last good checkpoint is "
+                        f"{last if last.exists() else 'not written yet'}; lower optim.lr, set "
+                        "trainer.clip_norm, or trainer.nonfinite=skip", 1)
                 optimizer.zero_grad(set_to_none=True)
-                if scaler is not None:
-                    scaler.scale(loss).backward()
-                    scaler.unscale_(optimizer)
-                else:
-                    loss.backward()
-                _clip(model, tcfg)
-                if scaler is not None:
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    optimizer.step()
+                if finite:
+                    if scaler is not None:
+                        scaler.scale(loss).backward()
+                        scaler.unscale_(optimizer)
+                    else:
+                        loss.backward()
+                    _clip(model, tcfg)
+                    if scaler is not None:
+                        scaler.step(optimizer)
+                        scaler.update()
+                    else:
+                        optimizer.step()
+                    carry = detach_state(new_carry) if task.carries_state else None
+                    running.append(float(loss.detach()))
+                else:  # skipped: no update, counted in the summary; the schedule still follows the step count
+                    skipped += 1
                 scheduler.step()
-                carry = detach_state(new_carry) if task.carries_state else None
                 step += 1
                 train_time += time.perf_counter() - t0
                 timed_steps += 1
-                running.append(float(loss.detach()))
                 progress.update(1)
-                if step % log_every == 0 or step == max_steps:
+                if running and (step % log_every == 0 or step == max_steps):
                     record = {"step": step, "split": "train", "loss": sum(running) / len(running),
                               "lr": scheduler.get_last_lr()[0],
                               **{k: float(v) for k, v in stats.items()}}
@@ -286,14 +288,13 @@ def _resume_checkpoint(resume: str | None, ckpt_dir: Path) -> Path | None:
     """The checkpoint to resume from. The CLI has already pointed the run dir at the run to continue."""
     if resume in (None, "", "none", "null"):
         return None
+    if str(resume).endswith(".pt"):  # an explicit checkpoint file (e.g. best.pt) wins over last.pt
+        return find_checkpoint(resume)
     last = ckpt_dir / "last.pt"
     if last.exists():
         return last
     if resume == "auto":
         return None  # nothing to continue: a fresh run
-    target = Path(resume)
-    if target.suffix == ".pt":
-        return find_checkpoint(target)
     raise UserError(f"resume={resume}: no checkpoints/last.pt there; pass a run dir of tlstm train or resume=auto")
 
 

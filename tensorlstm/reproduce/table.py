@@ -40,7 +40,7 @@ def slug(text: str) -> str:
 
 def run_row(row: dict, run_dir: Path, overrides: list[str]) -> int:
     cmd = [sys.executable, "-m", "tensorlstm.cli", "train", f"experiment={row['experiment']}",
-           *row.get("overrides", []), *overrides, f"hydra.run.dir={run_dir}", "resume=auto"]
+           *(row.get("overrides") or []), *overrides, f"hydra.run.dir={run_dir}", "resume=auto"]
     print(f"[reproduce] {row['name']}: {' '.join(cmd[3:])}", flush=True)
     return subprocess.call(cmd)
 

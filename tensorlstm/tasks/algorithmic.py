@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tensorlstm.errors import UserError
 from tensorlstm.tasks.base import Batch, CellFactory, Task
 
 
@@ -109,6 +110,8 @@ class AdditionTask(GeneratedSequenceTask):
     def __init__(self, cfg: dict, seed: int) -> None:
         super().__init__(cfg, seed)
         self.digits = int(cfg.get("digits", 15))
+        if not 1 <= self.digits <= 18:
+            raise UserError(f"task.digits={self.digits}: addition supports 1 to 18 digits (exact int64 sums)")
         self.reverse = bool(cfg.get("reverse_digits", False))
         self.vocab = 11  # 0-9 and '-'
         self.classes = 10
@@ -137,6 +140,8 @@ class MemorizationTask(GeneratedSequenceTask):
         super().__init__(cfg, seed)
         self.length = int(cfg.get("length", 20))
         self.classes = int(cfg.get("symbols", 65))
+        if self.length < 1 or self.classes < 2:
+            raise UserError(f"task.length={self.length}, task.symbols={self.classes}: need length >= 1, symbols >= 2")
         self.vocab = self.classes + 1  # + the blank '-'
 
     def generate(self, gen: torch.Generator, n: int):
@@ -152,11 +157,8 @@ class MemorizationTask(GeneratedSequenceTask):
 
 def _to_int(digits: torch.Tensor) -> torch.Tensor:
     """Digits (n, k), most significant first -> int64 values."""
-    k = digits.shape[1]
-    if k <= 18:
-        powers = 10 ** torch.arange(k - 1, -1, -1, dtype=torch.int64)
-        return (digits * powers).sum(1)
-    raise ValueError("addition supports at most 18 digits (int64)")
+    powers = 10 ** torch.arange(digits.shape[1] - 1, -1, -1, dtype=torch.int64)
+    return (digits * powers).sum(1)
 
 
 def _to_digits(values: torch.Tensor, k: int) -> torch.Tensor:
