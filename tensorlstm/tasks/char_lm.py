@@ -23,7 +23,7 @@ from tensorlstm.cells.base import RecurrentNet
 from tensorlstm.data.text import STANDARD_SPLIT, CharCorpus, load_char_corpus
 from tensorlstm.errors import UserError
 from tensorlstm.tasks.base import Batch, CellFactory, Task
-from tensorlstm.tasks.mnist_seq import full_precision
+from tensorlstm.tasks.common import full_precision
 
 LN2 = math.log(2.0)
 # symbols of the standard corpora (used to build the model without reading the data, for `tlstm info`)

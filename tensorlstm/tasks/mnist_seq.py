@@ -19,22 +19,10 @@ from tensorlstm.cells.base import RecurrentNet
 from tensorlstm.data.idx import load_mnist
 from tensorlstm.errors import UserError
 from tensorlstm.tasks.base import Batch, CellFactory, Task
+from tensorlstm.tasks.common import EpochOrder, full_precision, seeded_generator
 
 NUM_PIXELS = 784
 NUM_CLASSES = 10
-
-
-def seeded_generator(*parts: int) -> torch.Generator:
-    """A CPU generator seeded from integers (e.g. seed, epoch), so draws are pure functions of them."""
-    value = 0
-    for p in parts:
-        value = (value * 1_000_003 + int(p)) % (2**63 - 1)
-    return torch.Generator().manual_seed(value)
-
-
-def full_precision(t: torch.Tensor) -> torch.Tensor:
-    """At least float32 (half-precision logits under AMP are summed in float32; float64 stays float64)."""
-    return t.to(torch.promote_types(t.dtype, torch.float32))
 
 
 def pixel_permutation(seed: int) -> torch.Tensor:
@@ -83,7 +71,7 @@ class SequentialMNISTTask(Task):
         if self.batch_size < 1 or self.eval_batch_size < 1:
             raise UserError("task.batch_size and task.eval_batch_size must be >= 1")
         self.data: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        self._epoch_cache: tuple[int, torch.Tensor] | None = None
+        self._epoch_order = EpochOrder(self.seed)
 
     # -- model -----------------------------------------------------------------------------------
     def pixel_order(self) -> torch.Tensor | None:
@@ -134,16 +122,10 @@ class SequentialMNISTTask(Task):
     def steps_per_epoch(self) -> int:
         return len(self.data["train"][0]) // self.batch_size  # the last partial batch is dropped
 
-    def _epoch_order(self, epoch: int) -> torch.Tensor:
-        if self._epoch_cache is None or self._epoch_cache[0] != epoch:
-            n = len(self.data["train"][0])
-            self._epoch_cache = (epoch, torch.randperm(n, generator=seeded_generator(self.seed, epoch)))
-        return self._epoch_cache[1]
-
     def train_batch(self, step: int) -> Batch:
         """Batch `step`: epoch = step // steps_per_epoch, order from (seed, epoch). uint8 pixels (B, 784)."""
         epoch, i = divmod(step, self.steps_per_epoch)
-        idx = self._epoch_order(epoch)[i * self.batch_size : (i + 1) * self.batch_size]
+        idx = self._epoch_order(epoch, len(self.data["train"][0]))[i * self.batch_size : (i + 1) * self.batch_size]
         images, labels = self.data["train"]
         # index_select: a plain gather, much faster than advanced indexing when cores are oversubscribed
         return {"pixels": images.index_select(0, idx), "labels": labels.index_select(0, idx)}

@@ -26,7 +26,7 @@ from tensorlstm.cells.base import RecurrentNet
 from tensorlstm.data.piano_roll import NUM_KEYS, PianoRolls, load_piano_rolls
 from tensorlstm.errors import UserError
 from tensorlstm.tasks.base import Batch, CellFactory, Task
-from tensorlstm.tasks.mnist_seq import full_precision, seeded_generator
+from tensorlstm.tasks.common import EpochOrder, full_precision
 
 
 def masked_nll(
@@ -82,7 +82,7 @@ class PolyphonicTask(Task):
             raise UserError("task.batch_size and task.eval_batch_size must be >= 1")
         self.predict_first = bool(cfg.get("predict_first", False))
         self.data: dict[str, PianoRolls] = {}
-        self._epoch_cache: tuple[int, torch.Tensor] | None = None
+        self._epoch_order = EpochOrder(self.seed)
 
     def build_model(self, make_cell: CellFactory) -> nn.Module:
         embed = int(self.cfg.get("embed_size", 256))
@@ -104,16 +104,10 @@ class PolyphonicTask(Task):
     def steps_per_epoch(self) -> int:
         return math.ceil(len(self.data["train"]) / self.batch_size)  # the last batch may be smaller
 
-    def _epoch_order(self, epoch: int) -> torch.Tensor:
-        if self._epoch_cache is None or self._epoch_cache[0] != epoch:
-            order = torch.randperm(len(self.data["train"]), generator=seeded_generator(self.seed, epoch))
-            self._epoch_cache = (epoch, order)
-        return self._epoch_cache[1]
-
     def train_batch(self, step: int) -> Batch:
         """Batch `step` of its epoch's order (drawn from (seed, epoch)): rolls (B, T, 88) uint8, lengths."""
         epoch, i = divmod(step, self.steps_per_epoch)
-        idx = self._epoch_order(epoch)[i * self.batch_size : (i + 1) * self.batch_size]
+        idx = self._epoch_order(epoch, len(self.data["train"]))[i * self.batch_size : (i + 1) * self.batch_size]
         rolls, lengths = self.data["train"].batch(idx)
         return {"rolls": rolls, "lengths": lengths}
 
