@@ -58,8 +58,6 @@ def compose(overrides: list[str], hydra: bool = False):
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
             return hydra_compose("train", overrides=overrides, return_hydra_config=hydra)
     except Exception as e:  # Hydra/OmegaConf errors -> one line
-        if isinstance(e, UserError):
-            raise
         raise UserError(_one_line(e) + "; check the spelling against `tlstm train --cfg job`") from e
 
 
@@ -324,13 +322,13 @@ def _fail(e: UserError) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] in ("-h", "--help", "help"):
-        print(USAGE)
-        return 0
-    if argv[0] not in COMMANDS:
+    if argv and argv[0] not in COMMANDS and argv[0] not in ("-h", "--help", "help"):
         print(f"error: unknown command {argv[0]!r}; choose one of: {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
     try:
+        if not argv or argv[0] not in COMMANDS:
+            print(USAGE)
+            return 0
         return COMMANDS[argv[0]](argv[1:]) or 0
     except UserError as e:
         _fail(e)
