@@ -32,6 +32,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from tensorlstm.cells.recurrent import GATES
 from tensorlstm.tensor import build_map, gate_modes
 
 # name -> rows (B, T), in modes, hidden modes, gates, gate mode, ranks per format
@@ -57,7 +58,6 @@ SHAPES = {
         blocks=2,
     ),
 }
-GATES = {"lstm": 4, "gru": 3}
 FORMATS = ("tt", "bt", "cp", "tucker")
 TLTORCH_NAME = {"tt": "blocktt", "cp": "cp", "tucker": "tucker"}
 

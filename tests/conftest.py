@@ -36,6 +36,12 @@ def train_inprocess(run_dir: Path, *overrides: str, base: list[str] = TINY) -> d
     return json.loads((run_dir / "summary.json").read_text())
 
 
-@pytest.fixture
-def tiny():
-    return list(TINY)
+@pytest.fixture(autouse=True, scope="session")
+def one_thread():
+    """Tests run many tiny ops: one thread is fastest and immune to a busy machine (OpenMP spin contention)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -30,14 +30,6 @@ from tensorlstm.tasks.draw_mnist import DrawMNISTTask, decoder_cell_config
 D = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These tests run many tiny ops: one thread is fastest and immune to a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 class LSTMCellNet(RecurrentNet):
     """A stand-in recurrent net on nn.LSTMCell that records the input sizes it was stepped with."""

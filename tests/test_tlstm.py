@@ -14,14 +14,6 @@ from tensorlstm.errors import UserError
 I = 3  # input size of the small nets
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny ops on a shared 2-core machine: one thread avoids OpenMP spin contention (100x here)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 def tlstm(M: int = 3, **cfg) -> nn.Module:
     return build_cell({"name": "tlstm", **cfg}, I, M).double()
