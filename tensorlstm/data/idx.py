@@ -27,8 +27,11 @@ def read_idx(path: str | Path) -> np.ndarray:
     """Read an IDX file (optionally gzipped) into a numpy array of its stored shape."""
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (EOFError, OSError) as e:  # truncated or corrupt .gz (gzip.BadGzipFile is an OSError)
+        raise UserError(f"{path} cannot be read ({e}); re-download it") from e
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _DTYPES:
         raise UserError(f"{path} is not an IDX file (bad magic number); re-download it")
     ndim = data[3]
