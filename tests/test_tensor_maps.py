@@ -270,16 +270,32 @@ def test_chain_step_kinds(kind):
 
 
 def test_bt_chunked_path_matches_dense_and_gradchecks(monkeypatch):
-    """The 4-mode BT kernel splits rows into chunks: several chunks plus a partial one give x @ W exactly."""
+    """The 4-mode BT kernel splits rows into chunks: a full chunk plus a partial one give x @ W exactly,
+    with exact gradients for the input, the cores and every factor."""
     import tensorlstm.tensor.bt as bt
 
-    monkeypatch.setattr(bt, "CHUNK_ELEMENTS", 40)  # a few rows per chunk, with a leftover
+    monkeypatch.setattr(bt, "CHUNK_ELEMENTS", 4 * 8 * 6 * 8)  # 4 of the 6 (row, mode-0) slabs per chunk
     torch.manual_seed(0)
-    m = build_map("bt", [3, 2, 5, 2], [2, 3, 2, 2], rank=2, blocks=2, mode="factorized").double()
-    x = torch.randn(7, 60, dtype=torch.float64, requires_grad=True)
+    m = build_map("bt", [2, 8, 6, 8], [3, 2, 2, 2], rank=2, blocks=2, mode="factorized").double()
+    calls, chain4 = [], bt.BTMap._forward_chain4
+    monkeypatch.setattr(bt.BTMap, "_forward_chain4", lambda self, x: calls.append(1) or chain4(self, x))
+    x = torch.randn(3, 768, dtype=torch.float64, requires_grad=True)
     torch.testing.assert_close(m(x), x @ m.reconstruct())
-    assert torch.autograd.gradcheck(lambda inp: m(inp), (x,), eps=1e-6, atol=1e-6)
+    assert calls, "the chunked kernel was not used"
+    assert torch.autograd.gradcheck(m, (x,), eps=1e-6, atol=1e-6)
     names = [n for n, _ in m.named_parameters()]
     params = tuple(p.detach().clone().requires_grad_() for p in m.parameters())
     xd = x.detach()
     assert torch.autograd.gradcheck(lambda *ps: functional_call(m, dict(zip(names, ps)), (xd,)), params, atol=1e-6)
+
+
+def test_bt_uses_the_chunked_kernel_only_where_it_wins(monkeypatch):
+    import tensorlstm.tensor.bt as bt
+
+    ucf = build_map("bt", [8, 20, 20, 18], [16, 4, 4, 4], rank=4, blocks=2)  # 7,200 trailing inputs -> 64
+    seq = build_map("bt", [4, 4, 4, 4], [8, 4, 4, 12], rank=4, blocks=2)  # 64 -> 192: the planned chain
+    calls, chain4 = [], bt.BTMap._forward_chain4
+    monkeypatch.setattr(bt.BTMap, "_forward_chain4", lambda self, x: calls.append(self) or chain4(self, x))
+    for m in (ucf, seq):
+        m.forward_factorized(torch.randn(2, m.in_features))
+    assert calls == [ucf]

@@ -8,6 +8,7 @@ Parameters: N * (sum_k I_k J_k R + R^d).
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Sequence
 
 import torch
@@ -145,7 +146,10 @@ class BTMap(FactorizedMap):
         return subs, [[f[b] for f in factors] for b in range(self.blocks)]
 
     def forward_factorized(self, x2d: torch.Tensor) -> torch.Tensor:
-        if len(self.in_modes) != 4:
+        # the chunked 4-mode kernel wins when modes 1..3 shrink a lot (UCF11: 7,200 inputs -> 64 outputs, ~15%
+        # faster than the planned chain); with wide trailing outputs (e.g. gates on the last mode) the planned
+        # chain is ~3x faster (measured fwd+bwd, CPU, 1 thread)
+        if len(self.in_modes) != 4 or math.prod(self.out_modes[1:]) * 16 > math.prod(self.in_modes[1:]):
             return super().forward_factorized(x2d)
         return self._forward_chain4(x2d)
 
