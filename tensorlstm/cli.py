@@ -137,9 +137,9 @@ def _saved_overrides(overrides: list[str]) -> list[str]:
     value = next((o.partition("=")[2] for o in overrides if o.startswith("resume=")), None)
     if value in (None, "", "auto", "null", "none"):
         return []
-    path = Path(value)
-    run_dir = path.parent.parent if path.suffix == ".pt" else path
-    saved = run_dir / ".hydra" / "overrides.yaml"
+    from tensorlstm.engine.checkpoint import run_dir_of
+
+    saved = run_dir_of(value) / ".hydra" / "overrides.yaml"
     if not saved.is_file():
         return []
     return [o for o in OmegaConf.to_container(OmegaConf.load(saved))
@@ -149,12 +149,11 @@ def _saved_overrides(overrides: list[str]) -> list[str]:
 def _resume_dir(resume: str, new_run_dir: Path, cfg: dict) -> Path | None:
     from omegaconf import OmegaConf
 
-    from tensorlstm.engine.checkpoint import check_resumable, config_differences
+    from tensorlstm.engine.checkpoint import check_resumable, config_differences, run_dir_of
 
     if resume != "auto":
-        path = Path(resume)
-        run_dir = path.parent.parent if path.suffix == ".pt" else path
-        if not (run_dir / "checkpoints" / "last.pt").exists() and path.suffix != ".pt":
+        run_dir = run_dir_of(resume)
+        if not (run_dir / "checkpoints" / "last.pt").exists() and not resume.endswith(".pt"):
             raise UserError(f"resume={resume}: no checkpoints/last.pt there; pass a run dir of tlstm train")
         saved = run_dir / ".hydra" / "config.yaml"
         if saved.is_file():  # checked before Hydra rewrites the run's .hydra/ files
@@ -234,7 +233,7 @@ def _load_for_eval(target: str, overrides: list[str], name: str):
     from omegaconf import OmegaConf
 
     from tensorlstm.engine.build import build
-    from tensorlstm.engine.checkpoint import find_checkpoint, load_checkpoint
+    from tensorlstm.engine.checkpoint import find_checkpoint, load_checkpoint, run_dir_of
     from tensorlstm.engine.seeding import resolve_device
 
     path = Path(target)
@@ -254,8 +253,7 @@ def _load_for_eval(target: str, overrides: list[str], name: str):
     model.to(device).eval()
     task.device = device
     torch.manual_seed(int(cfg["seed"]))
-    run_dir = ckpt_path.parent.parent if ckpt_path.parent.name == "checkpoints" else ckpt_path.parent
-    return task, model, cfg, ckpt_path, run_dir
+    return task, model, cfg, ckpt_path, run_dir_of(ckpt_path)
 
 
 def cmd_eval(args: list[str]) -> int:

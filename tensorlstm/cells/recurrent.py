@@ -95,9 +95,11 @@ class RecurrentLayer(nn.Module):
         z = torch.zeros(batch_size, self.hidden_size, device=device, dtype=dtype)
         return (z, z.clone()) if self.base == "lstm" else (z,)
 
-    def project(self, x: torch.Tensor) -> torch.Tensor:
-        """Input projection of all rows at once: (..., I) -> (..., G*H), bias included."""
-        return self.input_map(sequence_dropout(x, self.dropout, self.training)) + self.bias
+    def project(self, x: torch.Tensor, time_major: bool = False) -> torch.Tensor:
+        """Input projection of all rows at once: (..., I) -> (..., G*H), bias included. The dropout mask is drawn
+        batch-first (one per sequence); time_major turns (B, T, I) into (T, B, G*H)."""
+        x = sequence_dropout(x, self.dropout, self.training)
+        return self.input_map(x.transpose(0, 1) if time_major else x) + self.bias
 
     def cell(
         self, xw_t: torch.Tensor, state: tuple, U: torch.Tensor, h_mask, record: list | None = None,
@@ -150,7 +152,7 @@ class RecurrentLayer(nn.Module):
         B, T = x.shape[:2]
         # one contraction for all rows, time-major (T, B, G): each step reads a contiguous slab and the
         # backward of unbind(0) is a contiguous cat
-        xw = self.input_map(sequence_dropout(x, self.dropout, self.training).transpose(0, 1)) + self.bias
+        xw = self.project(x, time_major=True)
         if state is None:
             state = self.init_state(B, x.device, xw.dtype)
         U = self.recurrent_weight()

@@ -77,6 +77,14 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return obj
 
 
+def run_dir_of(path: str | Path) -> Path:
+    """The run directory a path names: itself, or for a .pt file the run holding it (<run>/checkpoints/x.pt)."""
+    path = Path(path)
+    if path.suffix != ".pt":
+        return path
+    return path.parent.parent if path.parent.name == "checkpoints" else path.parent
+
+
 def find_checkpoint(path: str | Path, name: str = "last.pt") -> Path:
     """A checkpoint file from a run directory, its checkpoints/ folder, or the file itself."""
     path = Path(path)
