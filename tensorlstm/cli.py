@@ -14,8 +14,9 @@ import sys
 from pathlib import Path
 
 from tensorlstm.errors import UserError
+from tensorlstm.paths import check_config_dir, config_dir
 
-CONFIG_DIR = Path(os.environ.get("TLSTM_CONFIG_DIR", Path(__file__).resolve().parent.parent / "configs"))
+CONFIG_DIR = config_dir()  # configs/ of a checkout, the packaged copy, or $TLSTM_CONFIG_DIR
 GROUPS = ("task", "cell", "optim", "trainer", "logger", "experiment")
 USAGE = """usage: tlstm <command> [args]
 
@@ -26,6 +27,8 @@ USAGE = """usage: tlstm <command> [args]
   reproduce <table> [--rows A,B] [--collect] [overrides]
                                    run the rows of configs/table/<table>.yaml; write table.md/.csv
   bench [--quick] [--out F]        speed benchmark of the maps and cells (ratios to dense baselines)
+
+configs: {config_dir}  (TLSTM_CONFIG_DIR=<dir> uses a folder of your own)
 """
 
 
@@ -37,6 +40,7 @@ def _choices(group: str) -> list[str]:
 
 
 def _check_group_choices(overrides: list[str]) -> None:
+    check_config_dir(CONFIG_DIR)
     for ov in overrides:
         key, sep, value = ov.lstrip("+~").partition("=")
         if not sep or key not in GROUPS or value in ("null", ""):
@@ -325,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         if not argv or argv[0] not in COMMANDS:
-            print(USAGE)
+            print(USAGE.format(config_dir=CONFIG_DIR))
             return 0
         return COMMANDS[argv[0]](argv[1:]) or 0
     except UserError as e:

@@ -1,0 +1,35 @@
+"""Where the Hydra configs live.
+
+One folder holds them: `configs/` at the top of the source tree, the folder users edit. A wheel or an sdist
+install carries a copy of it inside the package as `tensorlstm/conf/` (setup.py copies it at build time), so
+an installed `tlstm` works from any working directory. `TLSTM_CONFIG_DIR=<dir>` points at a folder of your
+own (e.g. a copy of the packaged one) and wins over both.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from tensorlstm.errors import UserError
+
+_PACKAGE = Path(__file__).resolve().parent
+
+
+def config_dir() -> Path:
+    """The config folder in use: $TLSTM_CONFIG_DIR, else the source checkout's configs/, else the packaged copy."""
+    env = os.environ.get("TLSTM_CONFIG_DIR")
+    if env:
+        return Path(env).expanduser().resolve()
+    checkout = _PACKAGE.parent / "configs"
+    if (checkout / "train.yaml").is_file():
+        return checkout
+    return _PACKAGE / "conf"
+
+
+def check_config_dir(path: Path) -> None:
+    """A one-line error when the config folder has no train.yaml (a wrong TLSTM_CONFIG_DIR, a broken install)."""
+    if not (path / "train.yaml").is_file():
+        hint = ("TLSTM_CONFIG_DIR points there; point it at a copy of the package's configs/ or unset it"
+                if os.environ.get("TLSTM_CONFIG_DIR") else "reinstall the package (pip install <path or git URL>)")
+        raise UserError(f"config folder {path} has no train.yaml: {hint}")
