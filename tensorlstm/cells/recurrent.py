@@ -20,6 +20,7 @@ from torch import nn
 from tensorlstm.cells.base import RecurrentNet, State, select_state
 from tensorlstm.errors import UserError
 from tensorlstm.tensor import build_map
+from tensorlstm.tensor.amp import compute_dtype
 from tensorlstm.tensor.base import LinearMap
 from tensorlstm.tensor.shapes import check_modes, factorize, gate_modes
 
@@ -135,7 +136,9 @@ class RecurrentLayer(nn.Module):
             n = torch.tanh(torch.addmm(xw_n, rh, U_n))
         if record is not None:
             record.append((hd.detach(), (r if self.reset_after else rh).detach()))
-        h = torch.lerp(n, h, z)  # (1 - z) * n + z * h
+        # (1 - z) * n + z * h; lerp does not promote, and under autocast n, z come out of addmm in the low
+        # precision while the state keeps its own dtype
+        h = torch.lerp(n.to(h.dtype), h, z.to(h.dtype))
         return h, (h,)
 
     def _bias_hu(self) -> torch.Tensor:
@@ -195,6 +198,8 @@ class _RecurrentWeightGrad(torch.autograd.Function):
     @staticmethod
     def forward(ctx, xw: torch.Tensor, U: torch.Tensor, layer: RecurrentLayer, record: list) -> torch.Tensor:
         ctx.layer, ctx.record = layer, record
+        # the per-step h U runs in the autocast dtype (if any); the one large dL/dU product does too
+        ctx.dtype = compute_dtype(xw, U)
         return xw.view_as(xw)
 
     @staticmethod
@@ -202,13 +207,14 @@ class _RecurrentWeightGrad(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         layer, record = ctx.layer, ctx.record
         H, G = layer.hidden_size, grad.shape[-1]
-        flat = grad.reshape(-1, G)  # rows in (T, B) order, like the stacked records
+        dtype = ctx.dtype  # one dtype for the products: under autocast the records may mix dtypes
+        flat = grad.reshape(-1, G).to(dtype)  # rows in (T, B) order, like the stacked records
         if layer.base == "lstm":
-            hd = torch.stack(record).reshape(-1, H)
+            hd = torch.stack([r.to(dtype) for r in record]).reshape(-1, H)
             gU = hd.T @ flat
         else:
-            hd = torch.stack([r[0] for r in record]).reshape(-1, H)
-            aux = torch.stack([r[1] for r in record]).reshape(-1, H)
+            hd = torch.stack([r[0].to(dtype) for r in record]).reshape(-1, H)
+            aux = torch.stack([r[1].to(dtype) for r in record]).reshape(-1, H)
             if layer.reset_after:  # n columns: h^T (r * dn)
                 gU = torch.cat([hd.T @ flat[:, : 2 * H], hd.T @ (aux * flat[:, 2 * H :])], dim=1)
             else:  # n columns: (r * h)^T dn

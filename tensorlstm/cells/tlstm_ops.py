@@ -171,7 +171,9 @@ def normalize(
     """Normalise z of shape (B, N, G, M) (N locations, G groups of M channels); gain/bias of shape (G, M).
 
     ln: statistics over the M channels of a group at each location; cn: per channel over the N locations.
+    Computed in at least fp32 (as autocast runs layer_norm): bf16/fp16 statistics lose the small gradients.
     """
+    z = z.to(torch.promote_types(z.dtype, torch.float32))
     dim = -1 if kind == "ln" else 1
     mean = z.mean(dim=dim, keepdim=True)
     var = z.var(dim=dim, keepdim=True, unbiased=False)

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from tensorlstm.tensor.amp import compute_dtype, no_autocast
 from tensorlstm.tensor.planning import FactorizedMap
 
 # --- fast path for d = 4 ----------------------------------------------------------------------------
@@ -29,9 +30,21 @@ from tensorlstm.tensor.planning import FactorizedMap
 CHUNK_ELEMENTS = 1 << 17
 
 
+def _add_bmm(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+    """acc += a @ b (batched): fused when the dtypes agree, else the product is added with promotion."""
+    if acc.dtype == a.dtype:
+        acc.baddbmm_(a, b)
+    else:
+        acc += torch.bmm(a, b)
+
+
 class _BTChain4(torch.autograd.Function):
     """S = the chunked chain above, all blocks at once; the inputs are the derived small operands:
     x3 (P, I1, I2*I3), a1 (N, J1*R, I1), a3 (N, R*J3, I3), m3 (N, R, R*I2, J2*R) -> S (N, J3, P, J1, J2*R).
+
+    Mixed precision: the products run in one compute dtype (the autocast dtype under autocast, see
+    tensor/amp.py), the `out=` and in-place products only ever see that dtype, and the gradient
+    accumulators keep the dtype of their input (fp32 sums of low-precision chunk products).
     """
 
     @staticmethod
@@ -46,6 +59,17 @@ class _BTChain4(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x3, a1, a3, m3, j3: int, chunk: int):  # noqa: D102
+        ctx.dtypes = (x3.dtype, a1.dtype, a3.dtype, m3.dtype)
+        dtype = compute_dtype(x3, a1, a3, m3)
+        x3, a1, a3, m3 = (t.to(dtype) for t in (x3, a1, a3, m3))
+        with no_autocast(x3.device.type):
+            out, kept = _BTChain4._forward(x3, a1, a3, m3, j3, chunk)
+        ctx.save_for_backward(x3, a1, a3, m3, *kept)
+        ctx.chunk = chunk
+        return out
+
+    @staticmethod
+    def _forward(x3, a1, a3, m3, j3: int, chunk: int):
         P = x3.shape[0]
         N, R, RI2, JR2 = m3.shape
         J1 = a1.shape[1] // R
@@ -59,20 +83,26 @@ class _BTChain4(torch.autograd.Function):
             kept += [t1, t2]
             sc = torch.bmm(t2.view(N * R, -1, RI2), m3b).view(N, R, -1).sum(1)
             out[:, :, s : s + c] = sc.view(N, j3, c, J1, JR2)
-        ctx.save_for_backward(x3, a1, a3, m3, *kept)
-        ctx.chunk = chunk
-        return out
+        return out, kept
 
     @staticmethod
     def backward(ctx, grad):  # noqa: D102
         x3, a1, a3, m3, *kept = ctx.saved_tensors
+        with no_autocast(x3.device.type):
+            return _BTChain4._backward(ctx, grad.to(x3.dtype), x3, a1, a3, m3, kept)
+
+    @staticmethod
+    def _backward(ctx, grad, x3, a1, a3, m3, kept):
         chunk = ctx.chunk
+        x_dtype, a1_dtype, a3_dtype, m3_dtype = ctx.dtypes
         P, _, Q = x3.shape
         N, R, RI2, JR2 = m3.shape
         JR1 = a1.shape[1]
         need_x = ctx.needs_input_grad[0]
-        gx = torch.empty_like(x3) if need_x else None
-        ga1, ga3, gm3 = torch.zeros_like(a1), torch.zeros_like(a3), torch.zeros_like(m3)
+        gx = torch.empty_like(x3, dtype=x_dtype) if need_x else None
+        ga1 = torch.zeros_like(a1, dtype=a1_dtype)
+        ga3 = torch.zeros_like(a3, dtype=a3_dtype)
+        gm3 = torch.zeros_like(m3, dtype=m3_dtype)
         gm3b = gm3.view(N * R, RI2, JR2)
         m3t = m3.reshape(N * R, RI2, JR2).transpose(1, 2)
         for s in range(0, P, chunk):
@@ -80,9 +110,9 @@ class _BTChain4(torch.autograd.Function):
             c = xc.shape[0]
             t1, t2 = kept[2 * (s // chunk)], kept[2 * (s // chunk) + 1]
             gs = grad[:, :, s : s + c].reshape(N, 1, -1, JR2).expand(N, R, -1, JR2).reshape(N * R, -1, JR2)
-            gm3b.baddbmm_(t2.view(N * R, -1, RI2).transpose(1, 2), gs)
+            _add_bmm(gm3b, t2.view(N * R, -1, RI2).transpose(1, 2), gs)
             gt2 = torch.bmm(gs, m3t).view(N, a3.shape[1], -1)
-            ga3.baddbmm_(gt2, t1)
+            _add_bmm(ga3, gt2, t1)
             gt1 = torch.bmm(gt2.transpose(1, 2), a3).view(N, c, JR1, Q)
             xt = xc.transpose(1, 2)
             for n in range(N):

@@ -40,6 +40,7 @@ import opt_einsum as oe
 import torch
 
 from tensorlstm.errors import UserError
+from tensorlstm.tensor.amp import compute_dtype, no_autocast
 from tensorlstm.tensor.base import LinearMap
 
 MODES = ("factorized", "reconstruct", "auto")
@@ -71,16 +72,23 @@ BMM_MIN_POST = 64
 
 
 class ModeProduct(torch.autograd.Function):
-    """out[p, n, q] = sum_k mat[n, k] x[p, k, q] as a broadcast bmm, with a matching backward."""
+    """out[p, n, q] = sum_k mat[n, k] x[p, k, q] as a broadcast bmm, with a matching backward.
+
+    Under autocast both operands are cast to the autocast dtype once (see tensor/amp.py); the backward runs
+    in that dtype and returns each gradient in its input's dtype."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, mat: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        dtype = compute_dtype(x, mat)
+        x, mat = x.to(dtype), mat.to(dtype)
         ctx.save_for_backward(x, mat)
-        return torch.bmm(mat.expand(x.shape[0], *mat.shape), x)
+        with no_autocast(x.device.type):
+            return torch.bmm(mat.expand(x.shape[0], *mat.shape), x)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):  # noqa: D102
         x, mat = ctx.saved_tensors
+        grad = grad.to(x.dtype)
         grad_x = grad_mat = None
         if ctx.needs_input_grad[0]:
             mat_t = mat.t().contiguous()
