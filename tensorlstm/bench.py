@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from tensorlstm.cells.recurrent import GATES
-from tensorlstm.tensor import build_map, gate_modes
+from tensorlstm.tensor import DEFAULT_RANK, build_map, factorized_formats, gate_modes
 
 # name -> rows (B, T), in modes, hidden modes, gates, gate mode, ranks per format
 SHAPES = {
@@ -58,7 +58,7 @@ SHAPES = {
         blocks=2,
     ),
 }
-FORMATS = ("tt", "bt", "cp", "tucker")
+FORMATS = factorized_formats()  # every registered format; a shape without a rank for one uses its default
 TLTORCH_NAME = {"tt": "blocktt", "cp": "cp", "tucker": "tucker"}
 
 
@@ -147,7 +147,7 @@ def bench_maps(
     del dense
     big_w = n_in * n_out > 1e7
     for fmt in FORMATS:
-        rank = spec["ranks"][fmt]
+        rank = spec["ranks"].get(fmt, DEFAULT_RANK[fmt])
         ours: dict[str, float] = {}
         for mode in ("factorized", "reconstruct"):
             if mode == "reconstruct" and big_w and quick:
@@ -228,7 +228,7 @@ def bench_cells(
             name=base if fmt == "dense" else fmt,
             base=base,
             format=fmt,
-            rank=spec["ranks"].get(fmt),
+            rank=spec["ranks"].get(fmt, DEFAULT_RANK.get(fmt)),
             blocks=spec["blocks"] if fmt == "bt" else 1,
             d=len(spec["in_modes"]),
             in_modes=None,

@@ -299,3 +299,43 @@ def test_bt_uses_the_chunked_kernel_only_where_it_wins(monkeypatch):
     for m in (ucf, seq):
         m.forward_factorized(torch.randn(2, m.in_features))
     assert calls == [ucf]
+
+
+def test_a_new_format_is_one_registered_class():
+    """A low-rank map W = A B (A over the in modes, B over the out modes), registered once, is usable by
+    build_map and by an LSTM cell with no other edit; its rank check is its own."""
+    from torch import nn
+
+    from tensorlstm.cells import build_cell
+    from tensorlstm.tensor import MAP_FORMATS, factorized_formats, register_format
+    from tensorlstm.tensor.planning import FactorizedMap
+    from tensorlstm.tensor.registry import single_rank
+
+    @register_format("lowrank", default_rank=3)
+    class LowRankMap(FactorizedMap):
+        @classmethod
+        def check_rank(cls, rank):
+            return single_rank(rank, "lowrank")
+
+        def __init__(self, in_modes, out_modes, rank, mode="auto"):
+            super().__init__(in_modes, out_modes, mode)
+            self.rank = rank
+            r = self.new_index()
+            self.a = nn.Parameter(torch.empty(*self.in_modes, rank))
+            self.b = nn.Parameter(torch.empty(rank, *self.out_modes))
+            self.set_factors(["a", "b"], [self.in_subs + r, r + self.out_subs], n_terms=rank)
+
+    try:
+        assert "lowrank" in factorized_formats()
+        m = build_map("lowrank", [3, 4], [2, 5], mode="factorized").double()  # rank None -> its default 3
+        assert m.num_params == 3 * 12 + 3 * 10
+        x = torch.randn(7, 12, dtype=torch.float64)
+        assert torch.allclose(m(x), x @ m.reconstruct(), atol=1e-12)
+        with pytest.raises(UserError, match="lowrank takes a single rank"):
+            build_map("lowrank", [3, 4], [2, 5], rank=[2, 2])
+        net = build_cell({"name": "lstm", "base": "lstm", "format": "lowrank", "rank": 2, "in_modes": [3, 4],
+                          "hidden_modes": [2, 4], "gate_mode": "first"}, 12, 8)
+        assert net.input_map_params() == 2 * 12 + 2 * (4 * 2) * 4  # the 4 gates multiply the first hidden mode
+        assert net(torch.randn(2, 3, 12))[0].shape == (2, 3, 8)
+    finally:
+        MAP_FORMATS.pop("lowrank")

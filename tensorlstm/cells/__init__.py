@@ -8,15 +8,14 @@ from collections.abc import Sequence
 
 from tensorlstm.cells.base import RecurrentNet
 from tensorlstm.errors import UserError
+from tensorlstm.tensor import factorized_formats
 
 # name -> 'module:function'; each function has the signature of `build_cell` minus `cfg['name']` lookup.
+# Every registered factorized map format is also an LSTM/GRU cell name (`cell=tt`, `cell=bt`, ...).
 CELLS = {
     "lstm": "tensorlstm.cells.recurrent:build_recurrent",
     "gru": "tensorlstm.cells.recurrent:build_recurrent",
-    "tt": "tensorlstm.cells.recurrent:build_recurrent",
-    "bt": "tensorlstm.cells.recurrent:build_recurrent",
-    "cp": "tensorlstm.cells.recurrent:build_recurrent",
-    "tucker": "tensorlstm.cells.recurrent:build_recurrent",
+    **{fmt: "tensorlstm.cells.recurrent:build_recurrent" for fmt in factorized_formats()},
     "tlstm": "tensorlstm.cells.tlstm:build_tlstm",
     "slstm": "tensorlstm.cells.tlstm:build_slstm",
 }

@@ -22,8 +22,9 @@ from tensorlstm.data.binarized_mnist import load_binarized_mnist
 from tensorlstm.errors import UserError
 from tensorlstm.models.draw import DRAW, DrawShape, bernoulli_nll
 from tensorlstm.tasks.base import Batch, CellFactory, Task
+from tensorlstm.tensor import DEFAULT_RANK, factorized_formats
 
-FACTORIZED = ("tt", "bt", "cp", "tucker")
+FACTORIZED = factorized_formats()
 
 
 def decoder_cell_config(spec: str | dict, rank: int | None) -> dict:
@@ -39,7 +40,7 @@ def decoder_cell_config(spec: str | dict, rank: int | None) -> dict:
         cfg["base"] = "gru" if spec == "gru" else "lstm"
         cfg["format"] = spec if spec in FACTORIZED else "dense"
     if spec in FACTORIZED:
-        cfg["rank"] = rank if rank is not None else 4
+        cfg["rank"] = rank if rank is not None else DEFAULT_RANK[spec]
     return cfg
 
 

@@ -15,6 +15,13 @@ class LinearMap(nn.Module):
 
     in_features: int
     out_features: int
+    format_name: str  # set by @register_format
+    default_rank: int | None  # set by @register_format; None for formats without a rank (dense)
+
+    @classmethod
+    def from_spec(cls, in_modes: list[int], out_modes: list[int], rank, blocks: int, mode: str) -> LinearMap:
+        """Check `rank` (and `blocks`) for this format and build the map; modes are already checked."""
+        raise NotImplementedError
 
     def reconstruct(self) -> torch.Tensor:  # pragma: no cover - interface
         """The dense I x J matrix W such that forward(x) == x @ W."""

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import itertools
 import math
+import numbers
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 
+from tensorlstm.errors import UserError
 from tensorlstm.tensor.amp import compute_dtype, no_autocast
 from tensorlstm.tensor.planning import FactorizedMap
+from tensorlstm.tensor.registry import register_format, single_rank
 
 # --- fast path for d = 4 ----------------------------------------------------------------------------
 # x (rows, I0, I1, I2, I3) is processed in chunks of CHUNK_ELEMENTS input entries (rows of P = rows*I0)
@@ -126,8 +129,17 @@ class _BTChain4(torch.autograd.Function):
         return gx, ga1, ga3, gm3, None, None
 
 
+@register_format("bt", default_rank=4)
 class BTMap(FactorizedMap):
     """Stored with the block index first: core (N, R, ..., R), factor{k} (N, I_k, J_k, R)."""
+
+    @classmethod
+    def from_spec(cls, in_modes, out_modes, rank, blocks, mode) -> BTMap:
+        """rank: R (the core is R^d per block); blocks: N, the number of Tucker blocks."""
+        cls.check_same_order(in_modes, out_modes)
+        if isinstance(blocks, bool) or not isinstance(blocks, numbers.Integral) or blocks < 1:
+            raise UserError(f"bt: blocks (the number N of Tucker blocks) must be >= 1, got {blocks!r}")
+        return cls(in_modes, out_modes, single_rank(rank, "bt"), int(blocks), mode=mode)
 
     def __init__(
         self,

@@ -13,9 +13,15 @@ import torch
 from torch import nn
 
 from tensorlstm.tensor.planning import FactorizedMap
+from tensorlstm.tensor.registry import register_format, single_rank
 
 
+@register_format("cp", default_rank=8)
 class CPMap(FactorizedMap):
+    @classmethod
+    def check_rank(cls, rank) -> int:
+        return single_rank(rank, "cp")
+
     def __init__(self, in_modes: Sequence[int], out_modes: Sequence[int], rank: int = 8, mode: str = "auto"):
         super().__init__(in_modes, out_modes, mode)
         self.rank = int(rank)

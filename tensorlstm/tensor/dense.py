@@ -13,10 +13,17 @@ import torch
 from torch import nn
 
 from tensorlstm.tensor.base import LinearMap
+from tensorlstm.tensor.registry import register_format
 
 
+@register_format("dense", default_rank=None)
 class DenseMap(LinearMap):
     """W stored as one (I, J) parameter `weight` (the transpose of nn.Linear's layout)."""
+
+    @classmethod
+    def from_spec(cls, in_modes, out_modes, rank, blocks, mode) -> DenseMap:
+        """Dense has no rank: `rank` and `blocks` are ignored, and forward is always one GEMM."""
+        return cls(math.prod(in_modes), math.prod(out_modes), in_modes, out_modes)
 
     def __init__(
         self,

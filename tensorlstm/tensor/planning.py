@@ -42,6 +42,7 @@ import torch
 from tensorlstm.errors import UserError
 from tensorlstm.tensor.amp import compute_dtype, no_autocast
 from tensorlstm.tensor.base import LinearMap
+from tensorlstm.tensor.registry import positive_ranks
 
 MODES = ("factorized", "reconstruct", "auto")
 LETTERS = string.ascii_lowercase + string.ascii_uppercase
@@ -406,6 +407,25 @@ class FactorizedMap(LinearMap):
     ``self.in_subs`` / ``self.out_subs`` and its rank letters, and ``n_terms`` is the number of
     rank terms summed in each entry of W (for the analytic init).
     """
+
+    @classmethod
+    def check_same_order(cls, in_modes: Sequence[int], out_modes: Sequence[int]) -> None:
+        if len(in_modes) != len(out_modes):
+            raise UserError(
+                f"{cls.format_name}: in_modes {'x'.join(map(str, in_modes))} and out_modes "
+                f"{'x'.join(map(str, out_modes))} need the same number of modes"
+            )
+
+    @classmethod
+    def check_rank(cls, rank) -> int | list[int]:
+        """One positive rank or a list of them; a format with a fixed length checks it in __init__."""
+        return positive_ranks(rank, cls.format_name)
+
+    @classmethod
+    def from_spec(cls, in_modes, out_modes, rank, blocks, mode) -> FactorizedMap:
+        """`blocks` only means something to BT, which overrides this."""
+        cls.check_same_order(in_modes, out_modes)
+        return cls(in_modes, out_modes, cls.check_rank(rank), mode=mode)
 
     def __init__(self, in_modes: Sequence[int], out_modes: Sequence[int], mode: str = "auto"):
         super().__init__()

@@ -15,6 +15,7 @@ from torch import nn
 
 from tensorlstm.errors import UserError
 from tensorlstm.tensor.planning import FactorizedMap
+from tensorlstm.tensor.registry import register_format
 
 
 def tt_ranks(rank: int | Sequence[int], d: int) -> list[int]:
@@ -48,7 +49,10 @@ def interval_orders(d: int) -> list[list[int]]:
     return orders
 
 
+@register_format("tt", default_rank=4)
 class TTMap(FactorizedMap):
+    """rank: int r (ranks 1-r-..-r-1) or the d+1 ranks (checked by `tt_ranks`)."""
+
     def __init__(
         self,
         in_modes: Sequence[int],

@@ -16,6 +16,7 @@ from torch import nn
 
 from tensorlstm.errors import UserError
 from tensorlstm.tensor.planning import FactorizedMap
+from tensorlstm.tensor.registry import register_format
 
 
 def tucker_ranks(rank: int | Sequence[int], d: int) -> tuple[list[int], list[int]]:
@@ -33,7 +34,10 @@ def tucker_ranks(rank: int | Sequence[int], d: int) -> tuple[list[int], list[int
     )
 
 
+@register_format("tucker", default_rank=2)
 class TuckerMap(FactorizedMap):
+    """rank: int, d ranks (same for in and out modes) or 2d ranks (in modes, then out modes): `tucker_ranks`."""
+
     def __init__(
         self,
         in_modes: Sequence[int],
