@@ -89,7 +89,7 @@ def _check_types(base, full, path: str = "") -> None:
             if k in base:
                 _check_types(base[k], v, f"{path}.{k}" if path else k)
         return
-    if base is None or full is None or isinstance(base, str) or path.split(".")[-1] in ("rank", "P"):
+    if base is None or full is None or isinstance(base, str) or path.split(".")[-1] in ("rank", "P", "decoder_cell"):
         return
     if isinstance(base, bool):
         ok, want = isinstance(full, bool), "true or false"
@@ -105,33 +105,121 @@ def _check_types(base, full, path: str = "") -> None:
         raise UserError(f"{path}={full!r} has the wrong type: expected {want} (default {base!r})")
 
 
+def _flat_keys(d: dict, prefix: str = "") -> list[str]:
+    out = []
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        out.append(key)
+        if isinstance(v, dict):
+            out += _flat_keys(v, key + ".")
+    return out
+
+
+def _check_keys(overrides: list[str], base: dict) -> None:
+    """Every override names a key of the composed defaults: a misspelled or invented key (`+trainer.maxsteps=5`,
+    which Hydra would add and nothing would read) is refused, with the closest real key."""
+    import difflib
+
+    keys = set(_flat_keys(base))
+    for ov in overrides:
+        raw, sep, _ = ov.partition("=")
+        key = raw.lstrip("+~")
+        if "/" in key or "@" in key or key in GROUPS or key.split(".")[0] == "hydra":
+            continue
+        if raw.startswith("~"):
+            raise UserError(f"{ov}: config keys cannot be deleted; set {key}=null (where null is allowed) instead")
+        if not sep:
+            raise UserError(f"{ov!r} is not an override: write key=value, e.g. trainer.max_steps=100")
+        if key in keys:
+            continue
+        close = difflib.get_close_matches(key, sorted(keys), n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]}?" if close else "the keys are listed by `tlstm train --cfg job`"
+        raise UserError(f"unknown config key {key} in {ov!r}; {hint}")
+
+
 def load_config(overrides: list[str], hydra: bool = False):
-    """Compose, type-check and validate; returns (the composed config, its resolved dict)."""
+    """Compose, check keys and types, validate; returns (the composed config, its resolved dict)."""
     from tensorlstm.engine.build import validate
 
     group_only = [o for o in overrides if o.lstrip("+~").partition("=")[0] in GROUPS]
+    base = to_dict(compose(group_only))
+    _check_keys(overrides, base)
     full = compose(overrides, hydra=hydra)
     cfg = to_dict(full)
-    _check_types(to_dict(compose(group_only)), cfg)
+    _check_types(base, cfg)
     validate(cfg)
     return full, cfg
 
 
-def preflight(overrides: list[str]) -> list[str]:
+def preflight(overrides: list[str], showing: bool = False) -> list[str]:
     """Validate the overrides of a single run; return them with hydra.run.dir set when resuming.
 
     `resume=<run dir or .pt>` starts from that run's own overrides (.hydra/overrides.yaml), so the same
-    task and cell are rebuilt; overrides given now come after them (e.g. a larger trainer.max_steps)."""
+    task and cell are rebuilt; overrides given now come after them (e.g. a larger trainer.max_steps).
+    `showing` (--cfg): validate only; nothing is created or resumed."""
+    from tensorlstm.engine.build import check_fits
+
     overrides = [*_saved_overrides(overrides), *overrides]
     full, cfg = load_config(overrides, hydra=True)
-    resume = cfg.get("resume")
+    if showing:
+        return overrides
+    check_fits(cfg)
+    resume = cfg["resume"]
     if resume in (None, "", "none", "null") or any(o.startswith("hydra.run.dir=") for o in overrides):
+        _check_writable(Path(full.hydra.run.dir), "hydra.run.dir")
         return overrides
     run_dir = _resume_dir(str(resume), Path(full.hydra.run.dir), cfg)
     if run_dir is None:
+        _check_writable(Path(full.hydra.run.dir), "hydra.run.dir")
         print("tensorlstm: resume=auto found no unfinished run of this config; starting a new run")
         return overrides
     return [*overrides, f"hydra.run.dir={run_dir}"]
+
+
+def preflight_sweep(overrides: list[str], showing: bool = False) -> None:
+    """`-m`: every job of the sweep is validated as a single run would be, before the first one starts."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from tensorlstm.engine.build import check_fits
+
+    _check_group_choices(overrides)
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except Exception as e:  # noqa: BLE001 - Hydra's parse errors -> one line
+        raise UserError(f"{_one_line(e)}; a sweep is written key=a,b (e.g. cell=lstm,tt rank=2,4)") from e
+    jobs = [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+    swept = {o.key_or_group for o in parsed if o.is_sweep_override()}
+    full = None
+    for i, job in enumerate(jobs):
+        try:
+            full, cfg = load_config(job, hydra=True)
+            if not showing:
+                check_fits(cfg)
+        except UserError as e:
+            point = " ".join(o for o in job if o.lstrip("+").partition("=")[0] in swept)
+            raise UserError(f"sweep job {i} of {len(jobs)} ({point}): {e}") from None
+    if full is not None and not showing:
+        _check_writable(Path(full.hydra.sweep.dir), "hydra.sweep.dir")
+
+
+def _check_writable(path: Path, key: str) -> None:
+    """The run (or sweep) directory can be made and written; the probe leaves nothing behind."""
+    made = not path.exists()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".tlstm_write_probe"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"{key}={path}: cannot create or write there ({e.strerror or e}); "
+                        f"choose a writable folder, e.g. {key}=outputs/my_run") from None
+    finally:
+        if made and path.is_dir():
+            try:
+                path.rmdir()
+            except OSError:
+                pass
 
 
 def _saved_overrides(overrides: list[str]) -> list[str]:
@@ -176,19 +264,45 @@ def _resume_dir(resume: str, new_run_dir: Path, cfg: dict) -> Path | None:
 # ---------------------------------------------------------------------------------------------------------
 # commands
 # ---------------------------------------------------------------------------------------------------------
+HYDRA_HELP_FLAGS = ("--help", "-h", "--hydra-help", "--info", "-i", "--shell-completion", "-sc")
+CFG_CHOICES = ("job", "hydra", "all")
+
+
+def _split_train_args(args: list[str]) -> tuple[list[str], list[str]]:
+    """Hydra's flags of `tlstm train` (-m, --cfg X, --package X, --resolve) and the key=value overrides."""
+    flags, overrides, i = [], [], 0
+    while i < len(args):
+        a = args[i]
+        if a in ("-m", "--multirun", "--resolve"):
+            flags.append(a)
+        elif a in ("--cfg", "-c", "--package", "-p"):
+            value = args[i + 1] if i + 1 < len(args) else None
+            if value is None or value.startswith("-") or (a in ("--cfg", "-c") and value not in CFG_CHOICES):
+                raise UserError(f"{a} needs a value: {'|'.join(CFG_CHOICES) if a in ('--cfg', '-c') else 'a package'}"
+                                f" (e.g. tlstm train {a} {'job' if a in ('--cfg', '-c') else 'task'})")
+            flags += [a, value]
+            i += 1
+        elif a.startswith("-"):
+            raise UserError(f"unknown option {a} for tlstm train; it takes key=value overrides, -m (a sweep), "
+                            "--cfg job|hydra|all, --resolve, --help")
+        else:
+            overrides.append(a)
+        i += 1
+    return flags, overrides
+
+
 def cmd_train(args: list[str]) -> int:
     import hydra
     from hydra.core.hydra_config import HydraConfig
 
-    multirun = "-m" in args or "--multirun" in args
-    passthrough = any(a.startswith("--") and a not in ("--multirun",) for a in args)
-    overrides = [a for a in args if not a.startswith("-")]
-    if not passthrough:
-        if multirun:
-            _check_group_choices(overrides)
+    if not any(a in HYDRA_HELP_FLAGS for a in args):  # Hydra's own help and info need no checks
+        flags, overrides = _split_train_args(args)
+        showing = "--cfg" in flags or "-c" in flags
+        if "-m" in flags or "--multirun" in flags:
+            preflight_sweep(overrides, showing)
         else:
-            flags = [a for a in args if a.startswith("-")]
-            args = [*flags, *preflight(overrides)]
+            overrides = preflight(overrides, showing)
+        args = [*flags, *overrides]
 
     @hydra.main(config_path=str(CONFIG_DIR), config_name="train", version_base="1.3")
     def job(cfg) -> None:
@@ -198,17 +312,49 @@ def cmd_train(args: list[str]) -> int:
         try:
             summary = train(to_dict(cfg), run_dir)
         except UserError as e:
+            _discard_unstarted(run_dir)
             _fail(e)
         except TrainingStopped as e:
             print(f"tensorlstm: {e}", file=sys.stderr)
             sys.exit(e.exit_code)
-        metrics = {k: summary[k] for k in ("best_valid", *summary.get("test", {})) if k in summary}
+        except (MemoryError, RuntimeError) as e:
+            if not _out_of_memory(e):
+                raise
+            _discard_unstarted(run_dir)
+            _fail(UserError(f"out of memory ({_one_line(e)[:120]}); lower task.batch_size or task.hidden_size, "
+                            "or use a factorized cell (cell=tt|bt|cp|tucker)"))
         print(f"run dir: {run_dir}")
-        print(f"final metrics: {json.dumps(metrics)}")
+        print(f"final metrics: {json.dumps(final_metrics(summary))}")
 
     sys.argv = ["tlstm train", *args]
     job()
     return 0
+
+
+def final_metrics(summary: dict) -> dict:
+    """The end-of-run line: best validation and test metrics, named by split and rounded to 4 significant digits."""
+    out = {f"best_valid_{summary['metric']}": summary["best_valid"]}
+    out.update({f"test_{k}": v for k, v in summary["test"].items()})
+    return {k: float(f"{v:.4g}") if isinstance(v, float) else v for k, v in out.items()}
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    text = str(e).lower()
+    return isinstance(e, MemoryError) or "out of memory" in text or "can't allocate memory" in text
+
+
+def _discard_unstarted(run_dir: Path) -> None:
+    """A run that failed before its first checkpoint or record leaves no half-made run directory: remove what
+    Hydra wrote (.hydra/, train.log), and the folder if nothing else is in it. Anything else is kept."""
+    if (run_dir / "checkpoints").exists() or (run_dir / "metrics.jsonl").exists():
+        return
+    for name in (".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml", "train.log"):
+        (run_dir / name).unlink(missing_ok=True)
+    for folder in (run_dir / ".hydra", run_dir):
+        try:
+            folder.rmdir()
+        except OSError:
+            pass
 
 
 def _flag(args: list[str], name: str, default: str | None) -> tuple[str | None, list[str]]:

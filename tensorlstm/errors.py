@@ -6,3 +6,10 @@ class UserError(Exception):
 
     The message must say what is wrong and what to do, in one line.
     """
+
+
+def why_not_a_dir(path) -> str:
+    """'is a file, not a folder' or 'does not exist': the reason a path given as a data folder cannot be used."""
+    from pathlib import Path
+
+    return "is a file, not a folder" if Path(path).exists() else "does not exist"

@@ -164,7 +164,7 @@ def test_nonfinite_loss_stops_or_skips(tmp_path, monkeypatch):
     [
         (["task=nope"], "unknown task 'nope'; choose one of:"),
         (["cell=nope"], "unknown cell 'nope'; choose one of:"),
-        (["rank=0"], "rank=0 must be >= 1"),
+        (["rank=0"], "rank=0: expected an integer >= 1"),
         (["trainer.max_steps=abc"], "trainer.max_steps='abc' has the wrong type"),
         (["trainer.max_stepz=3"], "trainer.max_stepz"),
         (["cell=tt", "cell.in_modes=[3,5]"], "multiply to 15"),

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tensorlstm.errors import UserError
+from tensorlstm.errors import UserError, why_not_a_dir
 
 _DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
@@ -63,7 +63,7 @@ def load_mnist(data_dir: str | Path, split: str) -> tuple[np.ndarray, np.ndarray
     """Images (N, 28, 28) uint8 and labels (N,) int64 of the 'train' or 'test' split."""
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
-        raise UserError(f"MNIST data directory {data_dir} does not exist: task {MNIST_HELP}")
+        raise UserError(f"MNIST data directory {data_dir} {why_not_a_dir(data_dir)}: task {MNIST_HELP}")
     img_name, lbl_name = MNIST_FILES[split]
     images = read_idx(_find(data_dir, img_name))
     labels = read_idx(_find(data_dir, lbl_name)).astype(np.int64)

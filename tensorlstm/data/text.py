@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tensorlstm.errors import UserError
+from tensorlstm.errors import UserError, why_not_a_dir
 
 STANDARD_SPLIT = (0.9, 0.05, 0.05)  # enwik8 / text8: 90M / 5M / 5M of 100M
 BYTE_CORPORA = {
@@ -159,7 +159,7 @@ def load_char_corpus(
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise UserError(
-            f"char_lm data directory {data_dir} does not exist: set task.data_dir to the folder holding "
+            f"char_lm data directory {data_dir} {why_not_a_dir(data_dir)}: set task.data_dir to the folder holding "
             f"{_expected(dataset)}"
         )
     if dataset == "ptb_char":

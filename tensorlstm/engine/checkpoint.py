@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from tensorlstm.engine import faults
 from tensorlstm.errors import UserError
 
 # config keys that may change when a run is resumed (how long, how it logs, where it runs); all others must match
@@ -43,20 +44,43 @@ def check_resumable(old: dict, new: dict, what: str) -> None:
 
 
 def save_checkpoint(obj: dict[str, Any], path: str | Path) -> Path:
-    """Atomically write `obj` to `path` (temp file in the same folder, fsync, rename)."""
+    """Atomically write `obj` to `path` (temp file in the same folder, fsync, rename), readable like every
+    other file of the run (0644 under the usual umask, not mkstemp's 0600)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()
+            if faults.armed("checkpoint"):  # test hook: die mid-save, half the file written
+                f.truncate(f.tell() // 2)
+                os.fsync(f.fileno())
+                faults.kill()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+TEMP_SUFFIX = ".tmp"
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def remove_stale_temp_files(ckpt_dir: str | Path) -> list[Path]:
+    """Delete the temp files of saves that a kill interrupted (.last.pt.*.tmp); a run dir holds one writer."""
+    stale = sorted(Path(ckpt_dir).glob(f".*.pt.*{TEMP_SUFFIX}")) if Path(ckpt_dir).is_dir() else []
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

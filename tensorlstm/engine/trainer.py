@@ -22,8 +22,14 @@ from torch import nn
 
 from tensorlstm.cells.base import detach_state, map_state
 from tensorlstm.engine.build import build, model_info
-from tensorlstm.engine.checkpoint import check_resumable, find_checkpoint, load_checkpoint, save_checkpoint
-from tensorlstm.engine.logger import RunLogger, read_metrics
+from tensorlstm.engine.checkpoint import (
+    check_resumable,
+    find_checkpoint,
+    load_checkpoint,
+    remove_stale_temp_files,
+    save_checkpoint,
+)
+from tensorlstm.engine.logger import RunLogger, read_metrics, rewrite_metrics
 from tensorlstm.engine.optim import build_optimizer, build_scheduler
 from tensorlstm.engine.seeding import resolve_device, rng_state, seed_everything, set_rng_state
 from tensorlstm.errors import UserError
@@ -90,7 +96,7 @@ def train(cfg: dict, run_dir: Path) -> dict:
     """Train (or resume) the run described by the resolved config `cfg` in `run_dir`; return the summary."""
     run_dir = Path(run_dir)
     tcfg = cfg["trainer"]
-    if cfg.get("threads"):
+    if cfg["threads"]:
         torch.set_num_threads(int(cfg["threads"]))
     seed_everything(int(cfg["seed"]), bool(tcfg.get("deterministic", True)))
     device = resolve_device(cfg.get("device", "auto"))
@@ -107,7 +113,9 @@ def train(cfg: dict, run_dir: Path) -> dict:
     scaler = torch.amp.GradScaler("cuda") if use_amp else None
     # ---- resume -------------------------------------------------------------------------------------
     step, best, history, carry, skipped, wandb_id = 0, None, [], None, 0, None
-    resume_from = _resume_checkpoint(cfg.get("resume"), ckpt_dir)
+    running, train_time, timed_steps, elapsed = [], 0.0, 0, 0.0  # loss since the last record; timing so far
+    remove_stale_temp_files(ckpt_dir)  # of saves a kill interrupted
+    resume_from = _resume_checkpoint(cfg["resume"], ckpt_dir)
     if resume_from is not None:
         ckpt = load_checkpoint(resume_from, map_location=device)
         check_resumable(ckpt["config"], cfg, str(resume_from))
@@ -119,10 +127,17 @@ def train(cfg: dict, run_dir: Path) -> dict:
         carry, skipped, wandb_id = to_device(ckpt.get("carry"), device), ckpt.get("skipped", 0), ckpt.get("wandb_id")
         if scaler is not None and ckpt.get("scaler"):
             scaler.load_state_dict(ckpt["scaler"])
-        _truncate_metrics(run_dir, step)
+        progress_state = ckpt.get("progress") or {}
+        running = list(progress_state.get("running", []))
+        train_time = progress_state.get("train_time", 0.0)
+        timed_steps = progress_state.get("timed_steps", 0)
+        elapsed = progress_state.get("elapsed", 0.0)
         print(f"tensorlstm: resuming {run_dir} from {resume_from} at step {step}")
+    # metrics.jsonl holds exactly the records up to the step we start from (none for a fresh start), so records
+    # logged after the last checkpoint, a line cut by a kill, or a previous run's test record never appear twice
+    rewrite_metrics(run_dir, lambda r: r.get("step", 0) <= step and r.get("split") != "test")
 
-    logger = RunLogger(run_dir, cfg, cfg.get("logger", {}), run_id=wandb_id)
+    logger = RunLogger(run_dir, cfg, cfg["logger"], run_id=wandb_id, elapsed=elapsed)
     if resume_from is None:
         log.info("model: %s", json.dumps(info))
 
@@ -142,17 +157,25 @@ def train(cfg: dict, run_dir: Path) -> dict:
                 "config": cfg,
                 "wandb_id": logger.run_id,
                 "info": info,
+                "progress": {"running": list(running), "train_time": train_time, "timed_steps": timed_steps,
+                             "elapsed": logger.elapsed()},
             },
             ckpt_dir / name,
         )
 
+    def save_last() -> Path:
+        nonlocal last_saved
+        last_saved = time.monotonic()
+        return checkpoint("last.pt")
+
     autocast = (lambda: torch.autocast("cuda", dtype=torch.float16)) if use_amp else nullcontext
-    eval_every, log_every = int(tcfg["eval_every"]), int(tcfg.get("log_every", 50))
-    progress = _progress(tcfg, step, max_steps)
-    train_time, timed_steps, running = 0.0, 0, []
+    eval_every, log_every = int(tcfg["eval_every"]), int(tcfg["log_every"])
+    checkpoint_every_s = tcfg["checkpoint_every_s"]
+    last_saved = time.monotonic()
+    progress = Progress(tcfg, step, max_steps)
     exit_code = 0
     try:
-        with _Signals() as signals:
+        with _Signals() as signals, progress.redirect_logging():
             while step < max_steps:
                 t0 = time.perf_counter()
                 model.train()
@@ -160,7 +183,7 @@ def train(cfg: dict, run_dir: Path) -> dict:
                 with autocast():
                     loss, stats, new_carry = task.loss(model, batch, carry if task.carries_state else None)
                 finite = bool(torch.isfinite(loss))
-                if not finite and tcfg.get("nonfinite", "stop") != "skip":
+                if not finite and tcfg["nonfinite"] != "skip":
                     last = ckpt_dir / "last.pt"
                     raise TrainingStopped(
                         f"non-finite loss ({loss.item()}) at step {step}; the last good checkpoint is "
@@ -187,33 +210,34 @@ def train(cfg: dict, run_dir: Path) -> dict:
                 step += 1
                 train_time += time.perf_counter() - t0
                 timed_steps += 1
-                progress.update(1)
                 if running and (step % log_every == 0 or step == max_steps):
                     record = {"step": step, "split": "train", "loss": sum(running) / len(running),
                               "lr": scheduler.get_last_lr()[0],
                               **{k: float(v) for k, v in stats.items()}}
                     running = []
                     logger.log(record)
-                    progress.set_postfix(loss=f"{record['loss']:.4f}",
-                                         steps_per_s=f"{timed_steps / max(train_time, 1e-9):.1f}")
+                    progress.loss = record["loss"]
+                progress.update(step)
                 if step % eval_every == 0 or step == max_steps:
                     metrics = _evaluate(task, model, "valid")
                     record = {"step": step, "split": "valid", **metrics}
                     history.append(record)
                     images = [p for p in task.artifacts(model, run_dir, step) if str(p).endswith(".png")]
                     logger.log(record, images)
-                    log.info("step %d valid %s", step, json.dumps(metrics))
+                    log.info("step %d valid %s", step, json.dumps(rounded(metrics)))
                     value = metrics.get(task.metric)
                     if value is not None and is_better(float(value), best, task.higher_is_better):
                         best = float(value)
                         checkpoint("best.pt")
-                    checkpoint("last.pt")
-                    if _reached(value, tcfg.get("stop_at"), task.higher_is_better):
+                    save_last()
+                    if _reached(value, tcfg["stop_at"], task.higher_is_better):
                         log.info("step %d: valid %s=%s reached trainer.stop_at=%s; stopping", step, task.metric,
                                  value, tcfg["stop_at"])
                         break
+                elif checkpoint_every_s and time.monotonic() - last_saved >= checkpoint_every_s:
+                    save_last()  # between evaluations, so that a kill loses at most checkpoint_every_s of work
                 if signals.received is not None:
-                    path = checkpoint("last.pt")
+                    path = save_last()
                     name = signal.Signals(signals.received).name
                     raise TrainingStopped(f"{name} at step {step}: saved {path}; resume with resume={run_dir}",
                                           128 + signals.received)
@@ -230,7 +254,7 @@ def train(cfg: dict, run_dir: Path) -> dict:
     if best_path.exists():
         model.load_state_dict(load_checkpoint(best_path, map_location=device)["model"])
     final_valid = history[-1] if history else {}
-    test = _evaluate(task, model, "test") if tcfg.get("test_at_end", True) else {}
+    test = _evaluate(task, model, "test") if tcfg["test_at_end"] else {}
     if test:
         logger.log({"step": step, "split": "test", **test})
     summary = {
@@ -251,7 +275,9 @@ def train(cfg: dict, run_dir: Path) -> dict:
         **task.summarize(history),
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    _plot_curves(run_dir)
+    plot = plot_curves(run_dir, summary)
+    if plot is not None:
+        logger.log_images([plot], step)
     logger.summary(summary)
     logger.finish(0)
     return summary
@@ -277,11 +303,65 @@ def _clip(model: nn.Module, tcfg: dict) -> None:
         nn.utils.clip_grad_norm_(model.parameters(), float(tcfg["clip_norm"]))
 
 
-def _progress(tcfg: dict, step: int, max_steps: int):
-    from tqdm import tqdm
+def rounded(metrics: dict) -> dict:
+    """Metrics for a human: floats to 4 significant digits (the files keep full precision)."""
+    return {k: float(f"{v:.4g}") if isinstance(v, float) else v for k, v in metrics.items()}
 
-    quiet = not tcfg.get("progress", True) or not sys.stderr.isatty()
-    return tqdm(total=max_steps, initial=step, disable=quiet, unit="step", dynamic_ncols=True)
+
+class Progress:
+    """What a person watching the run sees. On a terminal: a tqdm bar (steps, one rate, ETA, the last
+    training loss) with log lines printed above it. Elsewhere (nohup, SLURM, tee): a plain line every
+    trainer.progress_every_s seconds - step, loss, steps/s, ETA - so a cluster log shows the run is alive."""
+
+    def __init__(self, tcfg: dict, step: int, max_steps: int) -> None:
+        self.enabled = bool(tcfg["progress"])
+        self.every = float(tcfg["progress_every_s"])
+        self.max_steps, self.start_step = max_steps, step
+        self.loss: float | None = None
+        self.t0 = self.last = time.monotonic()
+        self.bar = None
+        if self.enabled and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=max_steps, initial=step, unit="step", dynamic_ncols=True,
+                            bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}]{postfix}")
+
+    def redirect_logging(self):
+        """Log lines go through tqdm.write while the bar is shown, so they are never glued to it."""
+        if self.bar is None:
+            return nullcontext()
+        from tqdm.contrib.logging import logging_redirect_tqdm
+
+        return logging_redirect_tqdm()
+
+    def update(self, step: int) -> None:
+        if self.bar is not None:
+            self.bar.update(step - self.bar.n)
+            if self.loss is not None:
+                self.bar.set_postfix_str(f"loss {self.loss:.4g}", refresh=False)
+            return
+        now = time.monotonic()
+        if not self.enabled or (now - self.last < self.every and step < self.max_steps):
+            return
+        self.last = now
+        rate = (step - self.start_step) / max(now - self.t0, 1e-9)
+        eta = (self.max_steps - step) / rate if rate > 0 else float("inf")
+        loss = f"loss {self.loss:.4g}, " if self.loss is not None else ""
+        log.info("step %d/%d (%d%%): %s%.2f steps/s, ETA %s", step, self.max_steps, 100 * step // self.max_steps,
+                 loss, rate, _duration(eta))
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    seconds = int(round(seconds))
+    h, rest = divmod(seconds, 3600)
+    m, sec = divmod(rest, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{sec:02d}s" if m else f"{sec}s"
 
 
 def _resume_checkpoint(resume: str | None, ckpt_dir: Path) -> Path | None:
@@ -298,33 +378,43 @@ def _resume_checkpoint(resume: str | None, ckpt_dir: Path) -> Path | None:
     raise UserError(f"resume={resume}: no checkpoints/last.pt there; pass a run dir of tlstm train or resume=auto")
 
 
-def _truncate_metrics(run_dir: Path, step: int) -> None:
-    """Drop metrics logged after the checkpoint we resume from (they will be logged again)."""
-    records = [r for r in read_metrics(run_dir) if r.get("step", 0) <= step]
-    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-
-
-def _plot_curves(run_dir: Path) -> None:
-    """loss.png: training loss and the validation metric against steps."""
+def plot_curves(run_dir: Path, summary: dict) -> Path | None:
+    """loss.png: the training loss and one panel per validation metric (their scales differ: a KL of 3 beside
+    an NLL of 190), the best validation step marked and the test value of the best checkpoint shown.
+    Title: task, cell and parameter count."""
     records = read_metrics(run_dir)
-    if not records:
-        return
+    train_r = [r for r in records if r.get("split") == "train"]
+    valid_r = [r for r in records if r.get("split") == "valid"]
+    if not train_r and not valid_r:
+        return None
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    train_r = [r for r in records if r.get("split") == "train"]
-    valid_r = [r for r in records if r.get("split") == "valid"]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
-    axes[0].plot([r["step"] for r in train_r], [r["loss"] for r in train_r])
-    axes[0].set(xlabel="step", ylabel="training loss", title="training loss")
-    keys = [k for k in (valid_r[0] if valid_r else {}) if k not in ("step", "split", "wall_time")]
-    for k in keys:
-        axes[1].plot([r["step"] for r in valid_r], [r[k] for r in valid_r], marker="o", label=k)
-    axes[1].set(xlabel="step", title="validation")
-    if keys:
-        axes[1].legend()
+    keys = [k for k in (valid_r[-1] if valid_r else {}) if k not in ("step", "split", "wall_time")]
+    metric, test = summary["metric"], summary["test"]
+    fig, axes = plt.subplots(1, 1 + len(keys), figsize=(4.2 * (1 + len(keys)), 3.6), squeeze=False)
+    axes = axes[0]
+    axes[0].plot([r["step"] for r in train_r], [r["loss"] for r in train_r], lw=1)
+    axes[0].set(xlabel="step (optimizer updates)", ylabel="loss (nats; the training objective)",
+                title="training loss")
+    best_step = None
+    if summary["best_valid"] is not None:
+        best_step = next((r["step"] for r in valid_r if r.get(metric) == summary["best_valid"]), None)
+    for ax, key in zip(axes[1:], keys):
+        points = [(r["step"], r[key]) for r in valid_r if isinstance(r.get(key), (int, float))]
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", ms=3, lw=1, label="valid")
+        if best_step is not None:
+            ax.axvline(best_step, color="tab:green", ls="--", lw=1, label=f"best {metric} (step {best_step:,})")
+        if isinstance(test.get(key), (int, float)):
+            ax.axhline(test[key], color="tab:red", ls=":", lw=1, label=f"test {test[key]:.4g}")
+        ax.set(xlabel="step (optimizer updates)", title=f"validation {key}")
+        ax.legend(fontsize=7)
+    params = summary.get("params_total")
+    fig.suptitle(f"{summary['task']} / {summary['cell']}" + (f", {params:,} parameters" if params else ""))
     fig.tight_layout()
-    fig.savefig(run_dir / "loss.png", dpi=100)
+    path = run_dir / "loss.png"
+    fig.savefig(path, dpi=110)
     plt.close(fig)
+    return path
