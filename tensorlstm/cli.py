@@ -24,8 +24,9 @@ USAGE = """usage: tlstm <command> [args]
   eval <run dir | ckpt> [overrides] evaluate a checkpoint on the test split; writes eval.json
   info [overrides...]              build the model without data and print parameter counts as JSON
   sample <run dir | ckpt> [--n N]  draw samples from a trained generative model (draw_mnist)
-  reproduce <table> [--rows A,B] [--collect] [overrides]
-                                   run the rows of configs/table/<table>.yaml; write table.md/.csv
+  reproduce <table> [--rows A,B] [--folds 0,1|all] [--collect] [--publish] [overrides]
+                                   run the rows of configs/table/<table>.yaml; write table.md/.csv,
+                                   report.md, params_vs_metric.png, curves.png (--publish: to docs/results/)
   bench [--quick] [--out F]        speed benchmark of the maps and cells (ratios to dense baselines)
 
 configs: {config_dir}  (TLSTM_CONFIG_DIR=<dir> uses a folder of your own)
@@ -443,12 +444,17 @@ def cmd_reproduce(args: list[str]) -> int:
     if not args or args[0].startswith("-"):
         raise UserError(f"tlstm reproduce needs a table name; choose one of: {', '.join(_choices('table'))}")
     rest, rows = list(args[1:]), None
-    collect = "--collect" in rest
-    rest = [a for a in rest if a != "--collect"]
+    collect, publish = "--collect" in rest, "--publish" in rest
+    rest = [a for a in rest if a not in ("--collect", "--publish")]
     if "--rows" in rest:
         value, rest = _flag(rest, "--rows", None)
         rows = value.split(",")
-    return reproduce(args[0], CONFIG_DIR, rest, collect_only=collect, only_rows=rows)
+    folds, rest = _flag(rest, "--folds", None)
+    if any(a.startswith("--") for a in rest):
+        raise UserError(f"tlstm reproduce: unknown flag {next(a for a in rest if a.startswith('--'))}; "
+                        "flags: --rows A,B --folds 0,1,2|all --collect --publish")
+    return reproduce(args[0], CONFIG_DIR, rest, collect_only=collect, only_rows=rows, folds=folds,
+                     publish_to=CONFIG_DIR.parent if publish else None)
 
 
 def cmd_bench(args: list[str]) -> int:

@@ -203,11 +203,18 @@ def test_reproduce_runs_rows_and_renders_the_table(tmp_path):
     assert r.returncode == 0, r.stderr
     out = tmp_path / "outputs" / "reproduce" / "addition_cells"
     lines = (out / "table.csv").read_text().splitlines()
-    assert lines[0].startswith("row,paper,ours") and len(lines) == 3
+    assert lines[0].startswith("row,paper,paper_sd,ours,ours_sd") and len(lines) == 3
     md = (out / "table.md").read_text()
     assert "| LSTM |" in md and "| BT-LSTM |" in md
+    report = (out / "report.md").read_text()  # the table, the notes, the budget of every run, the figures
+    assert "| LSTM |" in report and "## Notes" in report and "## Budget" in report
+    assert "| LSTM | finished | 3 / 3 | 3 |" in report and "![validation curves](curves.png)" in report
+    for png in ("params_vs_metric.png", "curves.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
+    (out / "curves.png").unlink()
     again = run_tlstm("reproduce", "addition_cells", "--rows", "LSTM", "--collect", cwd=tmp_path)
     assert again.returncode == 0 and "[reproduce]" not in again.stdout  # collect runs nothing
+    assert (out / "curves.png").is_file() and "1 of 1 rows finished" in (out / "report.md").read_text()
 
 
 def test_wandb_online_without_key_falls_back_to_offline(tmp_path):

@@ -364,6 +364,7 @@ def poly_cfg(data_dir, **kw):
         "eval_batch_size": 5,
         "embed_size": 16,
         "hidden_size": 24,
+        "predict_first": True,
     }
     return cfg | kw
 
@@ -421,7 +422,8 @@ def test_polyphonic_batches_deterministic_and_cover_an_epoch(poly_dir):
 
 def test_polyphonic_learns_on_tiny_data(poly_dir):
     torch.manual_seed(0)
-    task = PolyphonicTask(poly_cfg(poly_dir, embed_size=32, hidden_size=32), seed=0)
+    # frames 2..T only: the first frame, predicted from silence, has no past to use (a floor on the loss)
+    task = PolyphonicTask(poly_cfg(poly_dir, embed_size=32, hidden_size=32, predict_first=False), seed=0)
     task.prepare()
     # the best model that ignores the past: each note on with its training frequency
     freq = task.data["train"].frames.double().mean(0).clamp(1e-3, 1 - 1e-3)
@@ -445,12 +447,12 @@ def test_polyphonic_learns_on_tiny_data(poly_dir):
         (CharLMTask, {"data_dir": "{d}", "dataset": "text8"}, "text8.zip"),
         (CharLMTask, {"data_dir": "{d}", "dataset": "ptb_char"}, "ptb.char.train.txt"),
         (CharLMTask, {"data_dir": "{d}/nope", "dataset": "x.txt"}, "does not exist"),
-        (PolyphonicTask, {"data_dir": "{d}", "dataset": "MuseData"}, "MuseData.pickle"),
-        (PolyphonicTask, {"data_dir": "{d}", "dataset": "Piano-midi.de"}, "boulanni"),
+        (PolyphonicTask, {"data_dir": "{d}", "dataset": "MuseData", "predict_first": True}, "MuseData.pickle"),
+        (PolyphonicTask, {"data_dir": "{d}", "dataset": "Piano-midi.de", "predict_first": True}, "boulanni"),
     ],
 )
 def test_missing_data_is_a_one_line_user_error(tmp_path, task_cls, cfg, expected):
-    cfg = {k: v.format(d=tmp_path) for k, v in cfg.items()}
+    cfg = {k: v.format(d=tmp_path) if isinstance(v, str) else v for k, v in cfg.items()}
     with pytest.raises(UserError) as err:
         task_cls(cfg, seed=0).prepare()
     message = str(err.value)

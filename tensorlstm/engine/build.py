@@ -12,7 +12,7 @@ from tensorlstm.cells import build_cell
 from tensorlstm.cells.base import RecurrentNet
 from tensorlstm.engine.optim import OPTIMIZERS, SCHEDULES, build_optimizer, build_scheduler
 from tensorlstm.errors import UserError
-from tensorlstm.tasks import build_task
+from tensorlstm.tasks import build_task, task_class
 from tensorlstm.tasks.base import Task
 
 
@@ -173,6 +173,11 @@ def validate(cfg: dict) -> None:
     fold, folds = _get(cfg, "task.fold"), _get(cfg, "task.num_folds")
     if fold is not _MISSING and folds is not _MISSING and not (isinstance(fold, int) and 0 <= fold < folds):
         raise UserError(f"task.fold={fold}: expected an integer in 0..{folds - 1} (task.num_folds={folds})")
+    if _get(cfg, "cell.name") == "tlstm" and _get(cfg, "cell.norm") == "cn" and not cfg["cell"]["allow_lookahead"] \
+            and task_class(cfg["task"]["name"]).scores_next_step:
+        raise UserError(f"cell.norm=cn lets the tLSTM's output for step t see inputs up to t+L-1, and task "
+                        f"{cfg['task']['name']} scores predictions of the next input: the metric would be invalid; "
+                        "use cell.norm=ln, or add cell.allow_lookahead=true to run it anyway")
 
 
 def build(cfg: dict, prepare: bool = False) -> tuple[Task, nn.Module, CellFactory]:

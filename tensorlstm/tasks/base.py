@@ -27,6 +27,9 @@ class Task:
     * ``metric`` / ``higher_is_better``: the validation metric used for model selection.
     * ``carries_state``: truncated BPTT across batches (char LM): the trainer passes the previous
       step's detached state into ``loss`` and stores it in checkpoints.
+    * ``scores_next_step``: the metric scores the prediction of input t+1 at step t over padded or windowed
+      sequences (char LM, polyphonic), so a net whose y_t sees later inputs (tLSTM ``norm=cn``) reads the
+      answer: ``validate`` refuses that unless ``cell.allow_lookahead=true``.
     * ``build_model(make_cell)`` must not touch data files (``tlstm info`` calls it with no data).
     * ``train_batch(step)`` is a pure function of (seed, step) so that a resumed run sees the same
       batches as an uninterrupted one (e.g. epoch = step // steps_per_epoch, permutation from
@@ -43,6 +46,7 @@ class Task:
     metric: str = "loss"
     higher_is_better: bool = False
     carries_state: bool = False
+    scores_next_step: bool = False
 
     def __init__(self, cfg: dict, seed: int) -> None:
         self.cfg = cfg

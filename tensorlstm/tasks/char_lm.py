@@ -71,6 +71,7 @@ class CharLMTask(Task):
     name = "char_lm"
     metric = "bpc"
     higher_is_better = False
+    scores_next_step = True
     carries_state = True
 
     def __init__(self, cfg: dict, seed: int) -> None:

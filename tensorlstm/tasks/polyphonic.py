@@ -1,8 +1,9 @@
 """Polyphonic music modelling on 88-key piano rolls (JSB Chorales, Nottingham, MuseData, Piano-midi.de).
 
 Tjandra et al. 2017/2018's model: Linear(88 -> 256) + LeakyReLU(0.1) -> recurrent net (hidden 512) ->
-Linear(-> 88) logits of the next frame's notes. The net reads frames 1..T-1 and predicts frames 2..T
-(``task.predict_first=true`` prepends a silent frame so frame 1 is scored too).
+Linear(-> 88) logits of the next frame's notes. With ``task.predict_first=true`` (the default: the standard
+per-frame NLL over all T frames) the net reads a silent frame then frames 1..T-1 and predicts frames 1..T;
+with ``false`` it reads frames 1..T-1 and predicts 2..T only (the first frame is not scored).
 
 Metrics, over all real (unpadded) predicted frames of a split:
   * ``nll``: binary cross-entropy with logits summed over the 88 notes, averaged over frames (nats/frame);
@@ -73,6 +74,7 @@ class PolyphonicTask(Task):
     name = "polyphonic"
     metric = "nll"
     higher_is_better = False
+    scores_next_step = True
 
     def __init__(self, cfg: dict, seed: int) -> None:
         super().__init__(cfg, seed)
@@ -80,7 +82,7 @@ class PolyphonicTask(Task):
         self.eval_batch_size = int(cfg.get("eval_batch_size", 64))
         if self.batch_size < 1 or self.eval_batch_size < 1:
             raise UserError("task.batch_size and task.eval_batch_size must be >= 1")
-        self.predict_first = bool(cfg.get("predict_first", False))
+        self.predict_first = bool(cfg["predict_first"])
         self.data: dict[str, PianoRolls] = {}
         self._epoch_order = EpochOrder(self.seed)
 

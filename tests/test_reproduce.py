@@ -1,0 +1,100 @@
+"""`tlstm reproduce` without training: the reference numbers of the tables (the contract), folds as mean ± sd,
+the report and the README's generated results section, and the refusal of tLSTM norm=cn on next-step tasks."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import ROOT
+from omegaconf import OmegaConf
+
+from tensorlstm.cli import compose, main
+from tensorlstm.errors import UserError
+from tensorlstm.reproduce import table as rt
+
+
+def rows_of(name: str) -> dict:
+    table = OmegaConf.to_container(OmegaConf.load(ROOT / "configs" / "table" / f"{name}.yaml"))
+    return {r["name"]: r for r in table["rows"]}
+
+
+def test_reference_numbers_are_the_papers():
+    yang = rows_of("yang2017_ucf11")  # arXiv 1707.01786v1 Table 2: mean ± sd over 5 folds, s/epoch
+    got = {n: (r["paper"]["accuracy"], r["paper"]["accuracy_sd"], r["paper"]["sec_per_epoch"]) for n, r in yang.items()}
+    assert got == {"LSTM": (0.492, 0.026, 8892), "GRU": (0.488, 0.033, 7056),
+                   "TT-LSTM (ranks 1-4-4-4-1)": (0.796, 0.035, 2160), "TT-GRU (ranks 1-4-4-4-1)": (0.813, 0.011, 1872)}
+    draw = {r["experiment"]: r["paper"]["nll_bound"] for r in rows_of("ye2018_draw").values()}
+    assert draw["ye2018_draw_lstm"] == 80.97 and draw["ye2018_draw_lstm_noattn"] == 87.40  # Gregor 2015 Table 2
+    ye = rows_of("ye2018_ucf11")
+    assert ye["LSTM"]["paper"]["accuracy"] == 0.697 and ye["BT-LSTM (d=4, R=4, N=2)"]["paper"]["accuracy"] == 0.853
+    assert "poster" in ye["LSTM"]["note"] and "Yang 2017" in ye["TT-LSTM (d=4, ranks 1-4-4-4-1)"]["note"]
+    assert {"LSTM", "TT-LSTM"} <= set(rows_of("addition_cells"))
+    hollywood = {r["paper"]["params"] for r in rows_of("yang2017_hollywood2").values()}
+    youtube = {r["paper"]["params"] for r in rows_of("yang2017_youtube_celebrities").values()}
+    assert {3104, 2944} <= hollywood and {3392, 3328} <= youtube  # tlstm info checks them (test_experiments)
+
+
+def test_polyphonic_scores_every_frame_by_default():
+    assert compose(["task=polyphonic"]).task.predict_first is True
+
+
+def fake_run(run, value, steps=4, metric="accuracy"):
+    """A finished run dir as tlstm train leaves it: config, metrics.jsonl and summary.json."""
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "config.yaml").write_text(
+        "trainer: {max_steps: 4, eval_every: 2}\ntask: {batch_size: 16}\n")
+    records = [{"step": 2, "split": "valid", metric: value / 2}, {"step": 4, "split": "valid", metric: value}]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records) + '{"step": 5, "spl')
+    (run / "summary.json").write_text(json.dumps({metric: value, "steps": steps, "params_input_map": 3360,
+                                                  "seconds_per_step": 0.5, "device": "cpu", "best_valid": value}))
+
+
+def test_folds_collect_to_mean_and_sd_and_publish_regenerates_the_readme(tmp_path, capsys):
+    out = tmp_path / "outputs" / "reproduce" / "yang2017_ucf11"
+    for k, v in enumerate((0.7, 0.8, 0.9)):
+        fake_run(out / "TT-LSTM_ranks_1-4-4-4-1" / f"fold{k}", v)
+    project = tmp_path / "project"
+    (project / "docs").mkdir(parents=True)
+    (project / "README.md").write_text(f"# x\n\n{rt.README_BEGIN}\nstale\n{rt.README_END}\n\n## After\n")
+    code = rt.reproduce("yang2017_ucf11", ROOT / "configs", [], collect_only=True, out_root=out.parent,
+                        publish_to=project)
+    assert code == 0
+    row = rt.collect_row(rows_of("yang2017_ucf11")["TT-LSTM (ranks 1-4-4-4-1)"], rt.load_table(
+        "yang2017_ucf11", ROOT / "configs"), out / "TT-LSTM_ranks_1-4-4-4-1")
+    assert row["ours"] == pytest.approx(0.8) and row["ours_sd"] == pytest.approx(0.1) and row["folds"] == 3
+    assert row["diff"] == pytest.approx(0.8 - 0.796)
+    report = (out / "report.md").read_text()
+    assert "0.8 ± 0.1 (3 folds)" in report and "0.796 ± 0.035" in report
+    assert "| TT-LSTM (ranks 1-4-4-4-1) (fold2) | finished | 4 / 4 | 2 | 16 |" in report
+    for f in rt.REPORT_FILES:
+        assert (project / "docs" / "results" / "yang2017_ucf11" / f).is_file(), f
+    readme = (project / "README.md").read_text()
+    assert "stale" not in readme and readme.endswith("## After\n") and readme.count(rt.README_BEGIN) == 1
+    assert "| TT-LSTM (ranks 1-4-4-4-1) | 0.796 ± 0.035 | 0.8 ± 0.1 | 3,360 |" in readme
+    assert "1 of 4 rows finished" in readme and "(docs/results/yang2017_ucf11/report.md)" in readme
+
+
+def test_folds_and_unrunnable_tables_are_one_line_errors():
+    cfgs = ROOT / "configs"
+    with pytest.raises(UserError, match="folds run from 0 to 4"):
+        rt.reproduce("yang2017_ucf11", cfgs, [], folds="5")
+    with pytest.raises(UserError, match="has no folds"):
+        rt.reproduce("addition_cells", cfgs, [], folds="all")
+    with pytest.raises(UserError, match="cannot run here: no Hollywood2 loader"):
+        rt.reproduce("yang2017_hollywood2", cfgs, [])
+    assert rt.parse_folds("all", rt.load_table("yang2017_ucf11", cfgs)) == [0, 1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("task", ["char_lm", "polyphonic"])
+def test_tlstm_cn_is_refused_on_next_step_tasks_unless_opted_in(task, capsys):
+    args = ["info", f"task={task}", "cell=tlstm", "cell.norm=cn", "cell.M=8"]
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and len(err.strip().splitlines()) == 1 and "cell.allow_lookahead=true" in err
+    assert main([*args, "cell.allow_lookahead=true"]) == 0  # opted in: builds
+    assert main(["info", f"task={task}", "cell=tlstm", "cell.norm=ln", "cell.M=8"]) == 0  # causal LN: fine
+    capsys.readouterr()
+    assert main(["info", "task=addition", "cell=tlstm", "cell.norm=cn", "cell.M=8"]) == 0  # no next-step score
+    assert json.loads(capsys.readouterr().out)["params_total"] > 0
