@@ -453,8 +453,12 @@ def cmd_reproduce(args: list[str]) -> int:
     if any(a.startswith("--") for a in rest):
         raise UserError(f"tlstm reproduce: unknown flag {next(a for a in rest if a.startswith('--'))}; "
                         "flags: --rows A,B --folds 0,1,2|all --collect --publish")
+    checkout = Path(__file__).resolve().parent.parent  # --publish writes docs/results/ of the source checkout
+    if publish and not (checkout / "configs" / "train.yaml").is_file():
+        raise UserError("--publish writes into a source checkout's docs/results/ and README.md; run it from a "
+                        "git clone of tensorlstm (pip install -e .)")
     return reproduce(args[0], CONFIG_DIR, rest, collect_only=collect, only_rows=rows, folds=folds,
-                     publish_to=CONFIG_DIR.parent if publish else None)
+                     publish_to=checkout if publish else None)
 
 
 def cmd_bench(args: list[str]) -> int:
