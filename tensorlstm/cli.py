@@ -23,6 +23,8 @@ USAGE = """usage: tlstm <command> [args]
   train [overrides...] [-m]        train a task x cell, e.g. tlstm train task=addition cell=bt rank=4
   eval <run dir | ckpt> [overrides] evaluate a checkpoint on the test split; writes eval.json
   info [overrides...]              build the model without data and print parameter counts as JSON
+  compress <dense run dir> cell=tt rank=4 [overrides] [-m]
+                                   decompose a trained lstm/gru into tt|bt|cp|tucker and fine-tune it
   sample <run dir | ckpt> [--n N]  draw samples from a trained generative model (draw_mnist)
   reproduce <table> [--rows A,B] [--folds 0,1|all] [--collect] [--publish] [overrides]
                                    run the rows of configs/table/<table>.yaml; write table.md/.csv,
@@ -358,6 +360,17 @@ def _discard_unstarted(run_dir: Path) -> None:
             pass
 
 
+def cmd_compress(args: list[str]) -> int:
+    """`tlstm train` with the dense run's overrides first and compress.source set (see engine/compress.py)."""
+    from tensorlstm.engine.compress import source_overrides
+
+    if not args or args[0].startswith("-") or "=" in args[0]:
+        raise UserError("tlstm compress needs the run dir of a dense lstm/gru run first, e.g. "
+                        "tlstm compress outputs/smnist/lstm/<time> cell=tt rank=4")
+    flags, overrides = _split_train_args(args[1:])
+    return cmd_train([*flags, *source_overrides(args[0], overrides)])
+
+
 def _flag(args: list[str], name: str, default: str | None) -> tuple[str | None, list[str]]:
     """The value after `name` in args (and args without both), or the default when absent."""
     if name not in args:
@@ -468,7 +481,7 @@ def cmd_bench(args: list[str]) -> int:
 
 
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "info": cmd_info, "sample": cmd_sample,
-            "reproduce": cmd_reproduce, "bench": cmd_bench}
+            "reproduce": cmd_reproduce, "bench": cmd_bench, "compress": cmd_compress}
 
 
 def _fail(e: UserError) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tensorlstm.engine.compress import compress_net
 from tensorlstm.tensor import build_map
 from tensorlstm.tensor.decompose import decompose_into, relative_error
 
@@ -79,3 +80,159 @@ def test_truncation_is_quasi_optimal_for_tt():
         s = torch.linalg.svdvals(t.reshape(36 if k == 2 else 6, -1))
         tails.append(float((s[2:] ** 2).sum()))
     assert 0 < err <= (sum(tails) ** 0.5) / float(torch.linalg.norm(w)) + 1e-12
+
+
+# --- the compressed cell ---------------------------------------------------------------------------------------
+CCFG = {"iterations": 100, "tol": 1e-12, "seed": 0}
+
+
+def _dense_and_factorized(base, fmt, rank, extra=None, dense_extra=None):
+    from tensorlstm.cells import build_cell
+
+    lstm = {"name": "lstm", "base": base, "format": "dense", "rank": None, "layers": 2, "dropout": 0.0,
+            "recurrent_dropout": 0.0, "gate_activation": "sigmoid", "reset_after": True, "d": 3,
+            "in_modes": None, "hidden_modes": None, "hidden_size": None, "gate_mode": "first",
+            "factorize_hidden": False, "mode": "auto", "blocks": 2}
+    torch.manual_seed(5)
+    dense = build_cell({**lstm, **(dense_extra or {})}, 12, 8).double()
+    with torch.no_grad():  # biases of every kind non-zero, so their conversion is checked too
+        for name, p in dense.named_parameters():
+            if "bias" in name:
+                p.normal_()
+    net = build_cell({**lstm, "name": fmt, "format": fmt, "rank": rank, **(extra or {})}, 12, 8).double()
+    return dense, net
+
+
+@pytest.mark.parametrize("base,fmt,rank,extra,dense_extra", [
+    ("lstm", "tt", 2, None, None),
+    ("gru", "bt", 2, None, None),
+    ("lstm", "cp", 3, {"gate_mode": "last"}, None),
+    ("gru", "tucker", 2, {"factorize_hidden": True}, None),
+    ("lstm", "tt", 3, {"factorize_hidden": True, "gate_mode": "last"}, None),
+    ("gru", "cp", 4, {"reset_after": False}, {"reset_after": False}),  # dense reset-before GRU: not fused
+])
+def test_the_compressed_cell_equals_the_dense_cell_with_w_hat(base, fmt, rank, extra, dense_extra):
+    """The dense net (torch.nn.LSTM/GRU, or the layer-by-layer dense GRU) with W_ih (and W_hh) replaced by
+    what the factorized maps rebuild gives exactly the factorized net's outputs: gate order, bias folding and
+    the tensorization (gate factor on the first or the last mode) all line up."""
+    from tensorlstm.cells.recurrent import FusedRecurrent
+
+    dense, net = _dense_and_factorized(base, fmt, rank, extra, dense_extra)
+    records = compress_net(dense, net, "rnn", CCFG)
+    maps = 2 * (2 if (extra or {}).get("factorize_hidden") else 1)
+    assert [r["matrix"] for r in records][:1] == ["rnn.layers.0.input_map"] and len(records) == maps
+    assert all(0 < r["reconstruction_error"] < 1 for r in records)
+    with torch.no_grad():
+        for i, layer in enumerate(net.layers):
+            w_ih = layer.input_map.reconstruct()
+            w_hh = layer.recurrent_weight()
+            if isinstance(dense, FusedRecurrent):
+                getattr(dense.rnn, f"weight_ih_l{i}").copy_(w_ih.T)
+                getattr(dense.rnn, f"weight_hh_l{i}").copy_(w_hh.T)
+            else:
+                dense.layers[i].input_map.weight.copy_(w_ih)
+                dense.layers[i].weight_hh.copy_(w_hh)
+    x = torch.randn(3, 5, 12, dtype=torch.float64)
+    y_dense, s_dense = dense(x)
+    y, s = net(x)
+    torch.testing.assert_close(y, y_dense, rtol=1e-10, atol=1e-12)
+
+
+def test_a_rank_that_fits_w_gives_the_dense_cell_back():
+    """TT ranks >= every unfolding rank: the compressed LSTM is the dense LSTM (no fine-tuning needed)."""
+    dense, net = _dense_and_factorized("lstm", "tt", 32, {"layers": 1}, {"layers": 1})
+    records = compress_net(dense, net, "rnn", CCFG)
+    assert records[0]["reconstruction_error"] < 1e-12
+    x = torch.randn(2, 4, 12, dtype=torch.float64)
+    torch.testing.assert_close(net(x)[0], dense(x)[0], rtol=1e-10, atol=1e-12)
+
+
+# --- the command ---------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def dense_run(tmp_path_factory):
+    from conftest import train_inprocess
+
+    run = tmp_path_factory.mktemp("dense") / "lstm"
+    train_inprocess(run, "trainer.max_steps=30", "trainer.eval_every=15", "optim.lr=0.01")
+    return run
+
+
+def _compress(*args) -> tuple[int, str]:
+    import contextlib
+    import io
+    import sys
+
+    from tensorlstm.cli import main
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        try:
+            code = main(["compress", *args])
+        except SystemExit as e:
+            code = e.code
+    sys.argv = sys.argv[:1]
+    return code, err.getvalue()
+
+
+def test_compress_writes_the_contract_summary(dense_run, tmp_path):
+    import json
+
+    dense = json.loads((dense_run / "summary.json").read_text())
+    code, err = _compress(str(dense_run), "cell=tt", "rank=2", "trainer.max_steps=6", "trainer.eval_every=3",
+                          f"hydra.run.dir={tmp_path / 'tt'}")
+    assert code == 0, err
+    s = json.loads((tmp_path / "tt" / "summary.json").read_text())
+    assert s["cell"] == "tt" and s["steps"] == 6  # fine-tuning steps, counted from 0
+    assert 0 <= s["reconstruction_error"] < 1
+    assert s["metric_before_compression"] == dense["seq_accuracy"]  # best.pt of the dense run, same test set
+    assert isinstance(s["metric_before_finetune"], float)
+    assert s["metric_after_finetune"] == s["seq_accuracy"]
+    (m,) = s["matrices"]
+    assert m["matrix"] == "rnn.layers.0.input_map" and m["params_before"] == 11 * 64
+    assert m["params_after"] == s["params_input_map"] and m["reconstruction_error"] == s["reconstruction_error"]
+    assert [json.loads(x)["step"] for x in (tmp_path / "tt" / "metrics.jsonl").read_text().splitlines()
+            if '"valid"' in x] == [3, 6]
+
+
+def test_the_fine_tune_run_resumes_like_any_other(dense_run, tmp_path):
+    """Stop after 2 of 4 steps, resume with `tlstm train resume=<dir>`: the same numbers as 4 steps straight."""
+    import contextlib
+    import io
+    import json
+
+    from tensorlstm.cli import main
+
+    common = [str(dense_run), "cell=cp", "rank=3", "trainer.eval_every=2"]
+    assert _compress(*common, "trainer.max_steps=4", f"hydra.run.dir={tmp_path / 'straight'}")[0] == 0
+    assert _compress(*common, "trainer.max_steps=2", f"hydra.run.dir={tmp_path / 'cut'}")[0] == 0
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["train", f"resume={tmp_path / 'cut'}", "trainer.max_steps=4"]) == 0
+    assert "resuming" in out.getvalue()
+    straight, cut = (json.loads((tmp_path / d / "summary.json").read_text()) for d in ("straight", "cut"))
+    assert cut["steps"] == 4 and cut["test"] == straight["test"] and cut["valid"] == straight["valid"]
+    assert cut["metric_before_finetune"] == straight["metric_before_finetune"]  # kept through the resume
+    assert cut["reconstruction_error"] == straight["reconstruction_error"]
+
+
+@pytest.mark.parametrize("why,args,expect", [
+    ("no target", ["rank=2"], "needs the target format"),
+    ("dense target", ["cell=lstm"], "is dense"),
+    ("rank 0", ["cell=tt", "rank=0"], "rank"),
+    ("tt ranks", ["cell=tt", "rank=[1,2]"], "tt ranks"),
+    ("another task", ["cell=tt", "task=memorization"], "own task"),
+    ("another recurrence", ["cell=bt", "cell.base=gru"], "cell.base"),
+])
+def test_bad_input_is_one_line_and_exit_2(dense_run, tmp_path, why, args, expect):
+    code, err = _compress(str(dense_run), *args, "trainer.max_steps=2", f"hydra.run.dir={tmp_path / 'x'}")
+    assert code == 2 and err.count("\n") == 1 and err.startswith("error: ") and expect in err, err
+
+
+def test_compressing_a_factorized_run_is_refused(tmp_path):
+    from conftest import train_inprocess
+
+    train_inprocess(tmp_path / "tt", "cell=tt", "rank=2", "trainer.max_steps=2", "trainer.eval_every=2")
+    code, err = _compress(str(tmp_path / "tt"), "cell=cp")
+    assert code == 2 and "cell=tt run" in err and err.count("\n") == 1
+    code, err = _compress(str(tmp_path / "nowhere"), "cell=cp")
+    assert code == 2 and err.count("\n") == 1

@@ -14,8 +14,9 @@ import torch
 from tensorlstm.engine import faults
 from tensorlstm.errors import UserError
 
-# config keys that may change when a run is resumed (how long, how it logs, where it runs); all others must match
-RESUMABLE_CHANGES = frozenset({"resume", "logger", "trainer", "device", "threads", "run_name"})
+# config keys that may change when a run is resumed (how long, how it logs, where it runs; `compress` acts before
+# the first step only, and the trainer checks its source separately); all others must match
+RESUMABLE_CHANGES = frozenset({"resume", "logger", "trainer", "device", "threads", "run_name", "compress"})
 
 
 def config_differences(old: dict, new: dict) -> list[str]:

@@ -119,6 +119,10 @@ def train(cfg: dict, run_dir: Path) -> dict:
     if resume_from is not None:
         ckpt = load_checkpoint(resume_from, map_location=device)
         check_resumable(ckpt["config"], cfg, str(resume_from))
+        source = (ckpt["config"].get("compress") or {}).get("source")  # `compress` is no resume key, but its source is
+        if source != cfg["compress"]["source"]:
+            raise UserError(f"resume: {run_dir} fine-tunes a compression of {source}, not of "
+                            f"{cfg['compress']['source']}; start a new run")
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
@@ -140,6 +144,8 @@ def train(cfg: dict, run_dir: Path) -> dict:
     logger = RunLogger(run_dir, cfg, cfg["logger"], run_id=wandb_id, elapsed=elapsed)
     if resume_from is None:
         log.info("model: %s", json.dumps(info))
+    # ---- warm start: tlstm compress initialises the model from a dense run (facts kept in every checkpoint) --
+    warm = ckpt.get("warm_start") if resume_from is not None else None
 
     def checkpoint(name: str) -> Path:
         return save_checkpoint(
@@ -159,6 +165,7 @@ def train(cfg: dict, run_dir: Path) -> dict:
                 "info": info,
                 "progress": {"running": list(running), "train_time": train_time, "timed_steps": timed_steps,
                              "elapsed": logger.elapsed()},
+                "warm_start": warm,
             },
             ckpt_dir / name,
         )
@@ -167,6 +174,12 @@ def train(cfg: dict, run_dir: Path) -> dict:
         nonlocal last_saved
         last_saved = time.monotonic()
         return checkpoint("last.pt")
+
+    if resume_from is None and cfg["compress"]["source"]:
+        from tensorlstm.engine.compress import warm_start
+
+        warm = warm_start(cfg, task, model, factory, device)
+        checkpoint("last.pt")  # step 0: resuming continues from the compressed model, never from a random init
 
     autocast = (lambda: torch.autocast("cuda", dtype=torch.float16)) if use_amp else nullcontext
     eval_every, log_every = int(tcfg["eval_every"]), int(tcfg["log_every"])
@@ -273,7 +286,10 @@ def train(cfg: dict, run_dir: Path) -> dict:
         "device": str(device),
         "wandb_id": logger.run_id,
         **task.summarize(history),
+        **(warm or {}),
     }
+    if warm:  # a warm-started run is a fine-tuning run: its test metric is the metric after fine-tuning
+        summary["metric_after_finetune"] = test.get(task.metric)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     plot = plot_curves(run_dir, summary)
     if plot is not None:
