@@ -3,14 +3,13 @@ every table row's parameter count equals the paper's (the `tlstm info` contract)
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import math
 from contextlib import redirect_stdout
-from pathlib import Path
 
 import pytest
+import tiny
 from conftest import ROOT, TINY_RUN, train_inprocess
 from omegaconf import OmegaConf
 
@@ -20,18 +19,10 @@ EXPERIMENTS = sorted(p.stem for p in (ROOT / "configs" / "experiment").glob("*.y
 TABLES = sorted((ROOT / "configs" / "table").glob("*.yaml"))
 
 
-def tiny_overrides(task: str, tmp_path: Path) -> list[str]:
-    path = ROOT / "tests" / "tiny" / f"{task}.py"
-    spec = importlib.util.spec_from_file_location(f"tiny_{task}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.make(tmp_path)
-
-
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_experiment_trains_two_steps_on_tiny_data(name, tmp_path):
     cfg = compose([f"experiment={name}"])
-    overrides = tiny_overrides(cfg.task.name, tmp_path)
+    overrides = tiny.overrides(cfg.task.name, tmp_path)
     # the paper's shapes belong to the paper's input sizes; on tiny data let the cell factorize the tiny sizes
     overrides += [f"cell.{k}=null" for k in ("in_modes", "hidden_modes", "hidden_size") if k in cfg.cell]
     overrides += ["cell.M=8"] if "M" in cfg.cell else []  # tLSTM's width is its own key

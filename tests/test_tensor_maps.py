@@ -9,7 +9,7 @@ from torch.func import functional_call
 
 from tensorlstm.errors import UserError
 from tensorlstm.tensor import FORMATS, build_map, gate_modes
-from tensorlstm.tensor.planning import ChainPlan, ChainStep, ModeProduct, plan, plan_chain
+from tensorlstm.tensor.planning import ChainPlan, ChainStep, ModeProduct
 
 FACTORIZED = [f for f in FORMATS if f != "dense"]
 
@@ -174,9 +174,7 @@ def test_plans_are_cached_per_shape():
     m = build_map("tt", [3, 4, 5], [2, 3, 4], rank=3, mode="factorized")
     assert m.factorized_plan(7) is m.factorized_plan(8)  # rows are bucketed to powers of two
     assert m.factorized_plan(7) is not m.factorized_plan(9)
-    assert plan_chain.cache_info().hits > 0
     assert m.reconstruct_plan() is m.reconstruct_plan()
-    assert plan.cache_info().hits > 0
 
 
 def test_plan_avoids_huge_intermediates_at_ucf11_shape():
