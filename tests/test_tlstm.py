@@ -48,6 +48,11 @@ CAUSAL_CONFIGS = [
     pytest.param({"P": [3, 2]}, 3, id="3D-K3"),
     pytest.param({"P": [2, 3], "feedback": False}, 3, id="3D-noF"),
     pytest.param({"P": [3, 3], "norm": "ln", "memory_conv": False}, 3, id="3D-ln-noM"),
+    pytest.param({"P": 4, "norm": "ccn"}, 4, id="2D-ccn"),
+    pytest.param({"P": 3, "feedback": False, "norm": "ccn"}, 3, id="2D-noF-ccn"),
+    pytest.param({"P": 5, "K": 5, "norm": "ccn"}, 3, id="2D-K5-ccn"),
+    pytest.param({"P": [3, 2], "norm": "ccn"}, 3, id="3D-ccn"),
+    pytest.param({"P": 3, "norm": "ccn", "memory_conv": False}, 3, id="2D-noM-ccn"),
 ]
 
 
@@ -101,7 +106,7 @@ def expected_tlstm_params(M: int, K: int, axes: int, memory_conv: bool, norm: st
 
 @pytest.mark.parametrize("feedback", [True, False])
 @pytest.mark.parametrize("memory_conv", [True, False])
-@pytest.mark.parametrize("norm", ["none", "ln", "cn"])
+@pytest.mark.parametrize("norm", ["none", "ln", "cn", "ccn"])
 def test_param_count_is_the_papers_and_independent_of_P(feedback, memory_conv, norm):
     M = 5
     K = 3 if feedback else 2
@@ -135,6 +140,8 @@ NETS = {
     "3D-ln": lambda: tlstm(4, P=[2, 3], norm="ln"),
     "2D-noF-ln": lambda: tlstm(4, P=3, feedback=False, norm="ln"),
     "3D-noM": lambda: tlstm(4, P=[2, 2], memory_conv=False),
+    "2D-ccn": lambda: tlstm(4, P=3, norm="ccn"),
+    "3D-ccn": lambda: tlstm(4, P=[2, 3], norm="ccn", feedback=False),
     "slstm": lambda: slstm(4, layers=3),
 }
 
@@ -215,6 +222,7 @@ def test_loss_falls_on_delayed_copy(cfg):
         ({"P": [1, 2, 3]}, "cell.P"),
         ({"P": 0}, "cell.P"),
         ({"P": 1, "norm": "cn"}, "norm"),
+        ({"P": 1, "norm": "ccn"}, "norm"),
         ({"P": 3, "norm": "bn"}, "norm"),
         ({"P": 3, "K": 1, "feedback": False}, "cell.K"),
     ],
@@ -243,3 +251,31 @@ def test_neighbour_tables_zero_pad_the_cross_layer_conv_and_replicate_pad_the_me
     table = cross_layer_table(make_geometry([2, 2], None, True))
     assert table[0].tolist() == [4, 5, 5, 5, 0, 1, 5, 2, 3]
     assert (table[1:] != 4).all()
+
+
+@pytest.mark.parametrize("P,K,feedback", [(4, 3, True), ([3, 2], 3, True), (5, 5, True), ([2, 3], 2, False)])
+def test_causal_channel_norm_uses_each_locations_input_time_diagonal(P, K, feedback):
+    """ccn at (n, s) = per-channel statistics over every location m at step min(s, s - (d(n) - d(m))): the
+    latest state of m that has seen no input after n's newest (float64, against an explicit pool)."""
+    from tensorlstm.cells.tlstm_ops import causal_normalize, diagonal_sum_table, location_depths, make_geometry
+
+    geo = make_geometry(P, K, feedback)
+    depths, L, N = location_depths(geo), geo.depth, geo.locations
+    assert int(depths.max()) == L - 1 and int(depths[-1]) == L - 1  # the output location is the deepest
+    torch.manual_seed(0)
+    B, G, M, S = 2, 3, 4, L + 3
+    zs = torch.randn(S, B, N, G, M, dtype=torch.float64)
+    gain, bias = torch.rand(G, M, dtype=torch.float64) + 0.5, torch.randn(G, M, dtype=torch.float64)
+    past = torch.zeros(B, L - 1, L, 3, G, M, dtype=torch.float64)
+    for s in range(S):
+        got, now = causal_normalize(zs[s], past, depths, diagonal_sum_table(L), gain, bias)
+        past = torch.cat([now.unsqueeze(1), past], 1)[:, : L - 1]
+        for n in range(N):
+            i = int(depths[n])
+            steps = [min(s, s - (i - int(depths[m]))) for m in range(N)]
+            pool = torch.stack([zs[t, :, m] for m, t in enumerate(steps) if t >= 0], 1)  # (B, count, G, M)
+            assert pool.shape[1] == sum(t >= 0 for t in steps)
+            if s >= i:  # once n has seen an input, it pools every location (as cn), never itself alone
+                assert pool.shape[1] == N
+            mean, var = pool.mean(1), pool.var(1, unbiased=False)
+            torch.testing.assert_close(got[:, n], (zs[s][:, n] - mean) / torch.sqrt(var + 1e-5) * gain + bias)

@@ -35,7 +35,10 @@ from tensorlstm.cells.base import RecurrentNet, State, select_state
 from tensorlstm.cells.tlstm_ops import (
     NORMS,
     Geometry,
+    causal_normalize,
     cross_layer_table,
+    diagonal_sum_table,
+    location_depths,
     make_geometry,
     memory_table,
     normalize,
@@ -62,8 +65,8 @@ class TensorizedLSTM(RecurrentNet):
         super().__init__()
         if norm not in NORMS:
             raise UserError(f"unknown cell.norm {norm!r}; choose one of: {', '.join(NORMS)}")
-        if norm == "cn" and geometry.locations < 2:
-            raise UserError("cell.norm=cn normalises over locations and needs >= 2; raise cell.P or use ln")
+        if norm in ("cn", "ccn") and geometry.locations < 2:
+            raise UserError(f"cell.norm={norm} normalises over locations and needs >= 2; raise cell.P or use ln")
         if channels < 1:
             raise UserError(f"cell.M must be >= 1, got {channels}")
         self.geo, self.M, self.memory_conv, self.norm = geometry, channels, memory_conv, norm
@@ -94,12 +97,18 @@ class TensorizedLSTM(RecurrentNet):
         self.register_buffer("input_locations", reads_input.nonzero()[:, 0], persistent=False)
         self.register_buffer("input_taps", reads_input.nonzero()[:, 1], persistent=False)
         self.register_buffer("memory_table", memory_table(geometry), persistent=False)
+        if norm == "ccn":  # causal channel norm: depth of each location, and how depths sum along diagonals
+            self.register_buffer("location_depths", location_depths(geometry), persistent=False)
+            self.register_buffer("diagonal_table", diagonal_sum_table(self.depth), persistent=False)
 
     # -- state ---------------------------------------------------------------------------------------------
     def init_state(self, batch_size: int, device=None, dtype=None) -> State:
         dtype = dtype or self.weight.dtype
         device = device or self.weight.device
         zeros = torch.zeros(batch_size, self.geo.locations, self.M, device=device, dtype=dtype)
+        if self.norm == "ccn":  # + the per-depth moments of the last L - 1 steps (none yet: counts 0)
+            past = torch.zeros(batch_size, self.depth - 1, self.depth, 3, 5, self.M, device=device, dtype=dtype)
+            return (zeros, zeros.clone(), past)
         return (zeros, zeros.clone())
 
     # -- one step ------------------------------------------------------------------------------------------
@@ -107,8 +116,10 @@ class TensorizedLSTM(RecurrentNet):
         """Input location's share of A_t: xp (..., M) -> (..., pairs, M^o), one term per input-reading tap."""
         return torch.einsum("...m,pmo->...po", xp, self.weight[self.input_taps])
 
-    def _cell(self, x_terms: torch.Tensor, h: torch.Tensor, c: torch.Tensor) -> State:
-        """x_terms: (B, pairs, M^o) from ``_input_terms``; h, c: (B, N, M) -> new (h, c)."""
+    def _cell(self, x_terms: torch.Tensor, h: torch.Tensor, c: torch.Tensor, past: torch.Tensor | None = None
+              ) -> State:
+        """x_terms: (B, pairs, M^o) from ``_input_terms``; h, c: (B, N, M) -> new (h, c) (ccn: and ``past``,
+        the per-depth moments of the last L - 1 steps, see ``causal_normalize``)."""
         B, N, M = h.shape
         source = F.pad(h, (0, 0, 0, 1))  # H_{t-1} and a zero row (zero padding)
         patches = source[:, self.hidden_table].view(B * N, -1)  # im2col: (B N, taps * M)
@@ -123,7 +134,11 @@ class TensorizedLSTM(RecurrentNet):
             a = torch.addmm(self.bias, patches, weight).view(B, N, -1)
             a = a.index_add(1, self.input_locations, x_terms)  # (B, N, M^o) = A_t
         gates = a[..., : 4 * M].unflatten(-1, (4, M))  # (B, N, 4, M)
-        if self.norm != "none":
+        if self.norm == "ccn":
+            past = past.to(gates.dtype)
+            gates, gate_moments = causal_normalize(gates, past[..., :4, :], self.location_depths,
+                                                   self.diagonal_table, self.gate_gain, self.gate_shift)
+        elif self.norm != "none":
             gates = normalize(gates, self.norm, self.gate_gain, self.gate_shift)
         g = torch.tanh(gates[:, :, 0])
         i, f, o = torch.sigmoid(gates[:, :, 1:]).unbind(2)
@@ -132,6 +147,12 @@ class TensorizedLSTM(RecurrentNet):
             c = (kernel.unsqueeze(-1) * c[:, self.memory_table]).sum(2)  # (B, N, M)
         c = g * i + c * f
         c_out = c
+        if self.norm == "ccn":
+            c_out, cell_moments = causal_normalize(c.unsqueeze(2), past[..., 4:, :], self.location_depths,
+                                                   self.diagonal_table, self.cell_gain, self.cell_shift)
+            now = torch.cat([gate_moments, cell_moments], dim=3).unsqueeze(1)  # (B, 1, L, 3, 5, M)
+            h = torch.tanh(c_out.squeeze(2)) * o
+            return h, c, torch.cat([now, past], dim=1)[:, : past.shape[1]]  # newest first, the oldest dropped
         if self.norm != "none":
             c_out = normalize(c.unsqueeze(2), self.norm, self.cell_gain, self.cell_shift).squeeze(2)
         h = torch.tanh(c_out) * o
@@ -139,30 +160,30 @@ class TensorizedLSTM(RecurrentNet):
 
     def step(self, x_t: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         """One step; returns the raw top output of this step (the output for input step t - delay)."""
-        h, c = self._cell(self._input_terms(self.input_proj(x_t)), *state)
-        return h[:, -1], (h, c)
+        state = self._cell(self._input_terms(self.input_proj(x_t)), *state)
+        return state[0][:, -1], state
 
     # -- sequences -----------------------------------------------------------------------------------------
     def forward(
         self, x: torch.Tensor, state: State = None, lengths: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, State]:
         B, T, _ = x.shape
-        h, c = self.init_state(B, x.device, x.dtype) if state is None else state
+        state = self.init_state(B, x.device, x.dtype) if state is None else state
         xp = self.input_proj(x)  # all B x T rows at once, before the time loop
         if self.delay:  # blank (zero) inputs after the last step: their projection is b^x
             xp = torch.cat([xp, self.input_proj.bias.to(xp.dtype).expand(B, self.delay, self.M)], dim=1)
         # The input's share of A for all steps at once; unbind (not x[:, s]) so that backward stacks the
         # per-step gradients once instead of filling a full-size zero tensor per step.
         x_steps = self._input_terms(xp).unbind(1)  # T + delay tensors of (B, pairs, M^o)
-        final = (h, c)
+        final = state
         last = None if lengths is None else lengths.to(x.device) - 1
         outputs = []
         for s in range(T + self.delay):
-            h, c = self._cell(x_steps[s], h, c)
+            state = self._cell(x_steps[s], *state)
             if s >= self.delay:
-                outputs.append(h[:, -1])
+                outputs.append(state[0][:, -1])
             if s < T:
-                final = (h, c) if last is None else select_state(last == s, (h, c), final)
+                final = state if last is None else select_state(last == s, state, final)
         if not outputs:
             return x.new_zeros(B, 0, self.M), final
         return self.dropout(torch.stack(outputs, dim=1)), final

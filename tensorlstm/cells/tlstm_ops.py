@@ -42,6 +42,14 @@ before the tanh; gain and bias per channel, shared over locations (so P adds no 
     input up to different times, so these statistics let the output for step t depend (through two numbers
     per channel) on inputs up to step t + L - 1. A test pins this look-ahead; prefer ``ln`` for language
     modelling where the next input is the target.
+  * ``ccn``: causal channel normalisation (ours). Location n at step s has seen the inputs up to step
+    s - d(n), d(n) its depth (``location_depths``). cn pools every location m at step s; for the shallower
+    ones (d(m) < d(n)) that state has seen later inputs. ccn pools every location too, each at its most recent
+    step that has seen no input after n's: deeper and equal-depth m at step s (older inputs), shallower m at
+    step s - (d(n) - d(m)), when it had seen exactly n's newest input (the diagonal of the implicit deep net).
+    So every location is pooled, as in cn, and none of them looks ahead: y_t depends on x_1..x_t only. The
+    per-depth moments of the last L - 1 steps travel in the state (a third tensor), so truncated BPTT windows
+    and variable lengths give the same outputs as one pass; before the first step only what exists is pooled.
 """
 
 from __future__ import annotations
@@ -55,7 +63,7 @@ import torch
 
 from tensorlstm.errors import UserError
 
-NORMS = ("none", "ln", "cn")
+NORMS = ("none", "ln", "cn", "ccn")
 
 
 @dataclass(frozen=True)
@@ -178,3 +186,50 @@ def normalize(
     mean = z.mean(dim=dim, keepdim=True)
     var = z.var(dim=dim, keepdim=True, unbiased=False)
     return (z - mean) * torch.rsqrt(var + eps) * gain + bias
+
+
+def location_depths(geo: Geometry) -> torch.Tensor:
+    """(N,) steps from an input to each location: max over axes of index // lower (the box kernel)."""
+    depths = [max(i // geo.lower for i in loc) for loc in itertools.product(*(range(p) for p in geo.sizes))]
+    return torch.tensor(depths, dtype=torch.long)
+
+
+def diagonal_sum_table(depth: int) -> torch.Tensor:
+    """(L, L, L) with [i, k, j] = 1 where depth i pools depth j's moments from k steps ago: k = i - j for the
+    shallower depths j < i (the step when they had seen depth i's newest input), k = 0 for j >= i."""
+    table = torch.zeros(depth, depth, depth)
+    for i in range(depth):
+        for j in range(depth):
+            table[i, max(i - j, 0), j] = 1.0
+    return table
+
+
+def depth_moments(z: torch.Tensor, depths: torch.Tensor, depth: int) -> torch.Tensor:
+    """z (B, N, G, M) -> (B, L, 3, G, M): per depth the count, sum and sum of squares over its locations."""
+    B, _, G, M = z.shape
+    out = z.new_zeros(B, depth, 3, G, M)
+    out[:, :, 0] = torch.bincount(depths, minlength=depth).to(z.dtype).view(1, depth, 1, 1)
+    out[:, :, 1] = out[:, :, 1].index_add(1, depths, z)
+    out[:, :, 2] = out[:, :, 2].index_add(1, depths, z * z)
+    return out
+
+
+def causal_normalize(
+    z: torch.Tensor,
+    past: torch.Tensor,
+    depths: torch.Tensor,
+    table: torch.Tensor,
+    gain: torch.Tensor,
+    bias: torch.Tensor,
+    eps: float = 1e-5,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """ccn of z (B, N, G, M); past (B, L - 1, L, 3, G, M): the moments of the last L - 1 steps (newest first).
+
+    Returns (normalised z, this step's moments (B, L, 3, G, M) for the history)."""
+    now = depth_moments(z, depths, table.shape[0])
+    full = torch.cat([now.unsqueeze(1), past], dim=1)  # (B, lag k, depth j, 3, G, M)
+    total = torch.einsum("bkjcgm,ikj->bicgm", full, table.to(z.dtype))[:, depths]  # (B, N, 3, G, M)
+    count = total[:, :, 0].clamp(min=1.0)
+    mean = total[:, :, 1] / count
+    var = (total[:, :, 2] / count - mean * mean).clamp(min=0.0)
+    return (z - mean) * torch.rsqrt(var + eps) * gain + bias, now

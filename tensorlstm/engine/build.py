@@ -177,7 +177,7 @@ def validate(cfg: dict) -> None:
             and task_class(cfg["task"]["name"]).scores_next_step:
         raise UserError(f"cell.norm=cn lets the tLSTM's output for step t see inputs up to t+L-1, and task "
                         f"{cfg['task']['name']} scores predictions of the next input: the metric would be invalid; "
-                        "use cell.norm=ln, or add cell.allow_lookahead=true to run it anyway")
+                        "use cell.norm=ccn (causal CN) or ln, or add cell.allow_lookahead=true to run it anyway")
 
 
 def build(cfg: dict, prepare: bool = False) -> tuple[Task, nn.Module, CellFactory]:
