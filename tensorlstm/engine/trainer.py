@@ -269,7 +269,8 @@ def train(cfg: dict, run_dir: Path) -> dict:
     final_valid = history[-1] if history else {}
     test = _evaluate(task, model, "test") if tcfg["test_at_end"] else {}
     if test:
-        logger.log({"step": step, "split": "test", **test})
+        images = [p for p in task.test_artifacts(model, run_dir) if str(p).endswith(".png")]
+        logger.log({"step": step, "split": "test", **test}, images)
     summary = {
         "task": cfg["task"]["name"],
         "cell": cfg["cell"]["name"],

@@ -17,6 +17,7 @@ TASKS = {
     "polyphonic": "tensorlstm.tasks.polyphonic:PolyphonicTask",
     "ucf11": "tensorlstm.tasks.ucf11:UCF11Task",
     "draw_mnist": "tensorlstm.tasks.draw_mnist:DrawMNISTTask",
+    "captioning": "tensorlstm.tasks.captioning:CaptioningTask",
 }
 
 

@@ -38,7 +38,8 @@ class Task:
       floats for logging (e.g. accuracy on this batch).
     * ``evaluate(model, split)`` -> metrics dict over the whole split ('valid' or 'test'), with the
       names of the task's contract (accuracy, seq_accuracy, bpc, nll, frame_accuracy, nll_bound...).
-    * ``artifacts(model, run_dir, step)``: optional files written at each evaluation (samples, plots).
+    * ``artifacts(model, run_dir, step)``: optional files written at each evaluation (samples, plots);
+      ``test_artifacts(model, run_dir)`` the same after the final test evaluation.
     * ``summarize(history)``: optional extra entries for summary.json from the list of eval records.
     """
 
@@ -69,6 +70,10 @@ class Task:
         raise NotImplementedError
 
     def artifacts(self, model: nn.Module, run_dir: Path, step: int) -> list[Path]:
+        return []
+
+    def test_artifacts(self, model: nn.Module, run_dir: Path) -> list[Path]:
+        """Optional files written after the final test evaluation (e.g. the test split's captions)."""
         return []
 
     def summarize(self, history: list[dict]) -> dict:
