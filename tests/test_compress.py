@@ -236,3 +236,15 @@ def test_compressing_a_factorized_run_is_refused(tmp_path):
     assert code == 2 and "cell=tt run" in err and err.count("\n") == 1
     code, err = _compress(str(tmp_path / "nowhere"), "cell=cp")
     assert code == 2 and err.count("\n") == 1
+
+
+def test_a_rank_sweep_gives_one_fine_tune_run_per_rank(dense_run, tmp_path):
+    import json
+
+    code, err = _compress(str(dense_run), "-m", "cell=tt", "rank=1,2", "trainer.max_steps=2", "trainer.eval_every=2",
+                          f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    assert code == 0, err
+    runs = sorted((tmp_path / "sweep").glob("*/summary.json"))  # compress.source stays out of the job names
+    summaries = [json.loads(p.read_text()) for p in runs]
+    assert [s["cell"] for s in summaries] == ["tt", "tt"] and len({s["params_input_map"] for s in summaries}) == 2
+    assert all(s["compressed_from"] == str(dense_run.resolve() / "checkpoints" / "best.pt") for s in summaries)

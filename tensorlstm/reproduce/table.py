@@ -1,6 +1,7 @@
 """`tlstm reproduce <table>`: run every row of configs/table/<table>.yaml and put ours beside the paper's.
 
-Each row is `tlstm train experiment=<row.experiment> <row.overrides> <user overrides>` in its own run
+Each row is `tlstm train experiment=<row.experiment> <row.overrides> <user overrides>` (or, for a row with
+`compress: <row>`, `tlstm compress <that row's run dir> <row.overrides> <user overrides>`) in its own run
 directory, outputs/reproduce/<table>/<row>/ under the current folder (with `--folds`, one run per fold in
 <row>/fold<k>/ and the row's number is the mean ± sd over the folds that finished). A row whose run finished
 (summary.json) is not run again; an interrupted one resumes from its last checkpoint. `--collect` only reads
@@ -71,7 +72,11 @@ def parse_folds(value: str, table: dict) -> list[int]:
 
 
 def run_row(row: dict, run_dir: Path, overrides: list[str]) -> int:
-    cmd = [sys.executable, "-m", "tensorlstm.cli", "train", f"experiment={row['experiment']}",
+    """`tlstm train experiment=...`, or for a row with `compress: <row name>` `tlstm compress <that row's run dir>`
+    (the dense run of the same table, which must come earlier in the table)."""
+    head = ["compress", str(run_dir.parent / slug(row["compress"]))] if row.get("compress") \
+        else ["train", f"experiment={row['experiment']}"]
+    cmd = [sys.executable, "-m", "tensorlstm.cli", *head,
            *(row.get("overrides") or []), *overrides, f"hydra.run.dir={run_dir}", "resume=auto"]
     print(f"[reproduce] {row['name']}: {' '.join(cmd[3:])}", flush=True)
     return subprocess.call(cmd)
