@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from tensorlstm.cells.base import RecurrentNet, State, select_state
+from tensorlstm.cells.fused_loop import GRUSequence, LSTMSequence
 from tensorlstm.errors import UserError
 from tensorlstm.tensor import build_map
 from tensorlstm.tensor.amp import compute_dtype
@@ -160,6 +161,8 @@ class RecurrentLayer(nn.Module):
             state = self.init_state(B, x.device, xw.dtype)
         U = self.recurrent_weight()
         h_mask = self._h_mask(B, xw)
+        if self._fused_loop(lengths, xw):
+            return self._forward_fused(xw, U, state, h_mask)
         record = None
         if torch.is_grad_enabled() and U.requires_grad:
             # the loop sees a detached U; dL/dU = sum_t h_{t-1}^T dL/dgates_t is one matmul in backward
@@ -177,6 +180,24 @@ class RecurrentLayer(nn.Module):
             state = new
             outputs.append(h)
         return torch.stack(outputs, dim=1), state
+
+    def _fused_loop(self, lengths, xw: torch.Tensor) -> bool:
+        """The whole-sequence autograd node of fused_loop.py covers sigmoid gates, the LSTM and the reset-after
+        GRU, without lengths and outside autocast (the general loop below handles those)."""
+        return (
+            lengths is None
+            and self.gate is torch.sigmoid
+            and (self.base == "lstm" or self.reset_after)
+            and not torch.is_autocast_enabled(xw.device.type)
+            and xw.shape[0] > 0
+        )
+
+    def _forward_fused(self, xw: torch.Tensor, U: torch.Tensor, state: tuple, h_mask):
+        if self.base == "lstm":
+            ys, c = LSTMSequence.apply(xw, U, state[0], state[1], h_mask)
+            return ys, (ys[:, -1], c)
+        ys = GRUSequence.apply(xw, U, self._bias_hu(), state[0], h_mask)
+        return ys, (ys[:, -1],)
 
     def step(self, x_t: torch.Tensor, state: tuple | None) -> tuple[torch.Tensor, tuple]:
         xw = self.project(x_t)

@@ -1,0 +1,141 @@
+"""The whole-sequence LSTM/GRU node (cells/fused_loop.py): gradcheck of its hand-written backward, equality
+with the general autograd loop (outputs, final state, every gradient) and with torch.nn, and the oneDNN
+step product against a plain matmul."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from tensorlstm.cells import build_cell
+from tensorlstm.cells.fused_loop import GRUSequence, LSTMSequence, StepMatmul, _onednn_ok
+from tensorlstm.cells.recurrent import RecurrentLayer, StackedRecurrent
+from tensorlstm.tensor import build_map
+
+
+def _general(net: StackedRecurrent) -> StackedRecurrent:
+    """The same net forced onto the general autograd loop."""
+    for layer in net.layers:
+        layer._fused_loop = lambda *a: False
+    return net
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_lstm_sequence_gradcheck(masked):
+    g = torch.Generator().manual_seed(0)
+    T, B, H = 4, 3, 2
+    args = [torch.randn(T, B, 4 * H, generator=g, dtype=torch.float64, requires_grad=True),
+            (0.5 * torch.randn(H, 4 * H, generator=g, dtype=torch.float64)).requires_grad_(),
+            torch.randn(B, H, generator=g, dtype=torch.float64, requires_grad=True),
+            torch.randn(B, H, generator=g, dtype=torch.float64, requires_grad=True),
+            torch.rand(B, H, generator=g, dtype=torch.float64) * 2 if masked else None]
+    assert torch.autograd.gradcheck(LSTMSequence.apply, args)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_gru_sequence_gradcheck(masked):
+    g = torch.Generator().manual_seed(1)
+    T, B, H = 4, 3, 2
+    args = [torch.randn(T, B, 3 * H, generator=g, dtype=torch.float64, requires_grad=True),
+            (0.5 * torch.randn(H, 3 * H, generator=g, dtype=torch.float64)).requires_grad_(),
+            torch.randn(3 * H, generator=g, dtype=torch.float64, requires_grad=True),
+            torch.randn(B, H, generator=g, dtype=torch.float64, requires_grad=True),
+            torch.rand(B, H, generator=g, dtype=torch.float64) * 2 if masked else None]
+    assert torch.autograd.gradcheck(GRUSequence.apply, args)
+
+
+def _net(name: str, base: str, **kw) -> StackedRecurrent:
+    cfg = {"name": name, "base": base, "format": "dense" if name == "dense" else name, "rank": 2, "blocks": 2,
+           "d": 2, "in_modes": None, "hidden_modes": None, "hidden_size": None, "gate_mode": "first",
+           "factorize_hidden": False, "mode": "auto", "layers": 2, "dropout": 0.0, "recurrent_dropout": 0.0,
+           "gate_activation": "sigmoid", "reset_after": True, **kw}
+    if name == "dense":  # the generic layer with a dense map (build_cell would pick torch.nn)
+        G = 4 if base == "lstm" else 3
+        return StackedRecurrent([RecurrentLayer(base, build_map("dense", [6 if i == 0 else 4], [G * 4]), 4,
+                                                recurrent_dropout=kw.get("recurrent_dropout", 0.0))
+                                 for i in range(2)], {})
+    return build_cell(cfg, 6, 4)
+
+
+@pytest.mark.parametrize("case", [("dense", {}), ("dense", {"recurrent_dropout": 0.3}),
+                                  ("tt", {"factorize_hidden": True})])
+@pytest.mark.parametrize("base", ["lstm", "gru"])
+def test_fused_equals_general_loop(base, case):
+    name, kw = case
+    torch.manual_seed(3)
+    fast = _net(name, base, **kw).double().train()
+    slow = _general(_net(name, base, **kw).double().train())
+    slow.load_state_dict(fast.state_dict())
+    with torch.no_grad():
+        for p in fast.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+        slow.load_state_dict(fast.state_dict())
+    x = torch.randn(3, 5, 6, dtype=torch.float64)
+    state = fast.init_state(3, dtype=torch.float64)
+    state = tuple(tuple(s.normal_().requires_grad_() for s in layer) for layer in state)
+    outs = []
+    for net in (fast, slow):
+        torch.manual_seed(4)  # the same recurrent-dropout masks
+        y, final = net(x, state)
+        loss = y.sin().sum() + sum(s.square().sum() for layer in final for s in layer)
+        leaves = [*net.parameters(), *[s for layer in state for s in layer]]
+        outs.append((y, final, torch.autograd.grad(loss, leaves)))
+    (y1, f1, g1), (y2, f2, g2) = outs
+    torch.testing.assert_close(y1, y2, rtol=1e-12, atol=1e-12)
+    for a, b in zip(torch.utils._pytree.tree_leaves(f1), torch.utils._pytree.tree_leaves(f2)):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("base", ["lstm", "gru"])
+def test_fused_loop_equals_torch_nn_float64(base):
+    """Same weights as torch.nn.LSTM/GRU: outputs and weight gradients agree in float64."""
+    torch.manual_seed(5)
+    I, H = 6, 4
+    ref = (nn.LSTM if base == "lstm" else nn.GRU)(I, H, batch_first=True).double()
+    ours = _net("dense", base).double()
+    layer = ours.layers[0]
+    with torch.no_grad():
+        layer.input_map.weight.copy_(ref.weight_ih_l0.T.reshape(layer.input_map.weight.shape))
+        layer.weight_hh.copy_(ref.weight_hh_l0.T)
+        if base == "lstm":
+            layer.bias.copy_(ref.bias_ih_l0 + ref.bias_hh_l0)
+        else:
+            layer.bias.copy_(ref.bias_ih_l0 + torch.cat([ref.bias_hh_l0[: 2 * H], torch.zeros(H)]))
+            layer.bias_hn.copy_(ref.bias_hh_l0[2 * H:])
+    one = StackedRecurrent([layer], {})
+    x = torch.randn(2, 6, I, dtype=torch.float64)
+    y_ref, _ = ref(x)
+    y, _ = one(x)
+    torch.testing.assert_close(y, y_ref, rtol=1e-12, atol=1e-12)
+    (g_ref,) = torch.autograd.grad(y_ref.square().sum(), [ref.weight_hh_l0])
+    (g,) = torch.autograd.grad(y.square().sum(), [layer.weight_hh])
+    torch.testing.assert_close(g, g_ref.T, rtol=1e-10, atol=1e-10)
+
+
+def test_step_matmul_onednn_matches_matmul():
+    torch.manual_seed(6)
+    W, x, other = torch.randn(16, 24), torch.randn(5, 16), torch.randn(5, 24)
+    prod = StepMatmul(W, 5)
+    assert (prod.packed is not None) == _onednn_ok()
+    torch.testing.assert_close(prod(x), x @ W, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(prod(x, other), other + x @ W, rtol=1e-5, atol=1e-5)
+    assert StepMatmul(W.double(), 5).packed is None  # float64 takes torch.addmm
+
+
+def test_fused_float32_close_to_general_loop():
+    """float32 on CPU runs the oneDNN products: close to the general loop (different summation order only)."""
+    torch.manual_seed(7)
+    fast = _net("tt", "lstm")
+    slow = _general(_net("tt", "lstm"))
+    slow.load_state_dict(fast.state_dict())
+    x = torch.randn(3, 5, 6)
+    y1, _ = fast(x)
+    y2, _ = slow(x)
+    torch.testing.assert_close(y1, y2, rtol=1e-5, atol=1e-5)
+    g1 = torch.autograd.grad(y1.square().sum(), list(fast.parameters()))
+    g2 = torch.autograd.grad(y2.square().sum(), list(slow.parameters()))
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
