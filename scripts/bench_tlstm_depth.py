@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from tensorlstm.cells import build_cell
+from tensorlstm.defaults import cell_config
 
 
 def time_fwd_bwd(net: torch.nn.Module, x: torch.Tensor) -> float:
@@ -58,8 +59,8 @@ def main() -> None:
     torch.manual_seed(0)
     x = torch.randn(args.batch, args.steps, args.input_size, device=device)
     models = {
-        "tLSTM (2D, K=3, P=L)": lambda L: {"name": "tlstm", "P": L, "M": args.M},
-        "sLSTM (L shared layers)": lambda L: {"name": "slstm", "layers": L, "hidden_size": args.M},
+        "tLSTM (2D, K=3, P=L)": lambda L: cell_config("tlstm", P=L, M=args.M),
+        "sLSTM (L shared layers)": lambda L: cell_config("slstm", layers=L, hidden_size=args.M),
     }
     nets = {(model, L): build_cell(make_cfg(L), args.input_size, args.M).to(device)
             for model, make_cfg in models.items() for L in args.depths}

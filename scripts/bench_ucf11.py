@@ -27,11 +27,11 @@ except ImportError:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
-import yaml
 
 from tensorlstm.cells import build_cell
 from tensorlstm.data.ucf11 import UCF11_CLASSES, prepare_cache
 from tensorlstm.data.video import quiet_opencv
+from tensorlstm.defaults import cell_config, group_config
 from tensorlstm.tasks.ucf11 import UCF11Task
 
 PAPER_CELL = dict(rank=4, blocks=1, d=4, in_modes=None, hidden_modes=None, hidden_size=None,
@@ -137,8 +137,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"prepare (stand-in, real H.264 clips): {result['prepare']}")
         else:
             cache = args.cache
-        task_yaml = Path(__file__).resolve().parents[1] / "configs" / "task" / "ucf11.yaml"
-        base = dict(yaml.safe_load(task_yaml.read_text()), data_dir=str(cache), prefetch=0)
+        base = group_config("task", "ucf11", data_dir=str(cache), prefetch=0)
         if args.cache is None:  # the stand-in has 3 groups per class: one per side
             base.update(num_folds=3)
         loaders = {}
@@ -153,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
         task.prepare()
         steps = {}
         for name in args.cells:
-            cell = dict(PAPER_CELL, **CELLS[name])
+            over = {**PAPER_CELL, **CELLS[name]}
+            cell = cell_config(over.pop("name"), **over)
             steps[name] = time_step(task, cell, args.steps, device, clock)
             rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
             steps[name]["peak_rss_mb_so_far"] = round(rss)

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from tensorlstm.cells.recurrent import GATES
+from tensorlstm.defaults import cell_config
 from tensorlstm.tensor import DEFAULT_RANK, build_map, factorized_formats, gate_modes
 
 # name -> rows (B, T), in modes, hidden modes, gates, gate mode, ranks per format
@@ -224,24 +225,13 @@ def bench_cells(
     x = torch.randn(spec["batch"], spec["steps"], in_size, device=device)
     results = []
     for fmt in ("dense",) + FORMATS:
-        cfg = dict(
-            name=base if fmt == "dense" else fmt,
-            base=base,
-            format=fmt,
-            rank=spec["ranks"].get(fmt, DEFAULT_RANK.get(fmt)),
-            blocks=spec["blocks"] if fmt == "bt" else 1,
-            d=len(spec["in_modes"]),
-            in_modes=None,
-            hidden_modes=None,
-            hidden_size=None,
-            gate_mode=spec["gate_mode"],
-            factorize_hidden=False,
-            mode="auto",
-            layers=1,
-            dropout=0.0,
-            recurrent_dropout=0.0,
-            gate_activation="sigmoid",
-        )
+        # the cell as `cell=<fmt> cell.base=<base>` composes it (configs/cell/*.yaml), at this shape's ranks
+        shape = dict(base=base, d=len(spec["in_modes"]), gate_mode=spec["gate_mode"])
+        if fmt == "dense":
+            cfg = cell_config(base, **shape)
+        else:
+            cfg = cell_config(fmt, **shape, rank=spec["ranks"].get(fmt, DEFAULT_RANK[fmt]),
+                              **({"blocks": spec["blocks"]} if fmt == "bt" else {}))
         try:
             net = build_cell(cfg, in_size, hidden, spec["in_modes"], spec["hidden_modes"]).to(device)
         except Exception as exc:  # noqa: BLE001

@@ -7,8 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from tensorlstm.cells import build_cell
+from tensorlstm.cells import CELLS, build_cell
 from tensorlstm.cells.recurrent import FusedRecurrent, RecurrentLayer, StackedRecurrent, hard_sigmoid
+from tensorlstm.defaults import cell_config
 from tensorlstm.errors import UserError
 from tensorlstm.tensor import build_map
 
@@ -23,13 +24,11 @@ def float64():
 
 
 def cell_cfg(name: str, **kw) -> dict:
-    base = {"name": name, "base": "lstm", "format": "dense" if name in ("lstm", "gru") else name, "rank": 2,
-            "blocks": 2, "d": 3, "in_modes": None, "hidden_modes": None, "hidden_size": None, "gate_mode": "first",
-            "factorize_hidden": False, "mode": "auto", "layers": 1, "dropout": 0.0, "recurrent_dropout": 0.0,
-            "gate_activation": "sigmoid", "reset_after": True}
-    if name == "gru":
-        base["base"] = "gru"
-    return {**base, **kw}
+    """configs/cell/<name>.yaml at small sizes (rank 2, 3 modes, 2 BT blocks), with overrides."""
+    if name not in CELLS:
+        return {"name": name}
+    small = {"rank": 2, "d": 3, "blocks": 2} if "format" in cell_config(name) else {}
+    return cell_config(name, **{**small, **kw})
 
 
 def generic_dense(base: str, I: int, H: int, layers: int = 1) -> StackedRecurrent:

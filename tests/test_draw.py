@@ -14,6 +14,7 @@ from torch import nn
 from tensorlstm.cells.base import RecurrentNet
 from tensorlstm.data.binarized_mnist import load_binarized_mnist, read_amat
 from tensorlstm.data.idx import write_idx
+from tensorlstm.defaults import cell_config
 from tensorlstm.errors import UserError
 from tensorlstm.models.draw import (
     DRAW,
@@ -262,9 +263,11 @@ def tiny_task_cfg(data_dir, **kw):
 
 
 def test_decoder_cell_config_shorthands():
-    assert decoder_cell_config("lstm", None) == {"name": "lstm", "base": "lstm", "format": "dense"}
-    assert decoder_cell_config("bt", 3) == {"name": "bt", "base": "lstm", "format": "bt", "rank": 3}
-    assert decoder_cell_config({"name": "gru", "base": "gru"}, 2) == {"name": "gru", "base": "gru"}
+    assert decoder_cell_config("lstm", None) == cell_config("lstm")  # what cell=lstm composes to
+    assert decoder_cell_config("bt", 3) == cell_config("bt", rank=3)
+    assert decoder_cell_config({"name": "gru", "layers": 2}, 2) == cell_config("gru", layers=2)
+    with pytest.raises(UserError, match="no key"):
+        decoder_cell_config({"name": "gru", "layerz": 2}, None)
     with pytest.raises(UserError):
         decoder_cell_config({"base": "gru"}, None)
 
@@ -323,7 +326,7 @@ def test_task_with_registry_cells_builds_and_steps(tmp_path):
     from tensorlstm.cells import build_cell
 
     def make(input_size, hidden_size, in_modes=None, hidden_modes=None):
-        cfg = {"name": "bt", "base": "lstm", "format": "bt", "rank": 2, "blocks": 2}
+        cfg = cell_config("bt", rank=2, blocks=2)
         return build_cell(cfg, input_size, hidden_size, in_modes=in_modes, hidden_modes=hidden_modes)
 
     cfg = tiny_task_cfg(tmp_path, decoder_cell="lstm", hidden_size=16, hidden_modes=[2, 2, 2, 2])
@@ -347,12 +350,12 @@ def test_missing_data_is_a_user_error(tmp_path):
 @pytest.mark.parametrize(
     "cell,input_map",
     [
-        ({"name": "lstm", "base": "lstm", "format": "dense"}, 264 * 4 * 256),
+        (cell_config("lstm"), 264 * 4 * 256),
         # BT: N * (sum_k I_k J_k R + R^d), 264 = 11x4x3x2 -> 16x4x4x4 (gates on the first mode)
-        ({"name": "bt", "base": "lstm", "format": "bt", "rank": 4, "blocks": 2},
+        (cell_config("bt", rank=4, blocks=2),
          2 * (4 * (11 * 16 + 4 * 4 + 3 * 4 + 2 * 4) + 4**4)),
         # TT: sum_k r_{k-1} I_k J_k r_k with ranks 1-4-4-4-1
-        ({"name": "tt", "base": "lstm", "format": "tt", "rank": 4},
+        (cell_config("tt", rank=4),
          11 * 16 * 4 + 4 * 4 * 4 * 4 + 4 * 3 * 4 * 4 + 4 * 2 * 4),
     ],
 )

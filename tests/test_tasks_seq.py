@@ -20,6 +20,7 @@ from tensorlstm.cells import build_cell
 from tensorlstm.data.idx import load_mnist
 from tensorlstm.data.piano_roll import load_piano_rolls, pack_rolls, roll_from_sequence
 from tensorlstm.data.text import load_char_corpus, ptb_char_symbols, split_by_fractions
+from tensorlstm.defaults import cell_config
 from tensorlstm.errors import UserError
 from tensorlstm.tasks.char_lm import CharLMTask, bits_per_char
 from tensorlstm.tasks.mnist_seq import PermutedMNISTTask, SequentialMNISTTask, pixel_permutation
@@ -28,9 +29,7 @@ from tensorlstm.tasks.polyphonic import PolyphonicTask, frame_accuracy, frame_co
 
 def gru_factory(hidden: int | None = None):
     def make(input_size, hidden_size, in_modes=None, hidden_modes=None):
-        return build_cell(
-            {"name": "gru", "base": "gru", "format": "dense"}, input_size, hidden or hidden_size
-        )
+        return build_cell(cell_config("gru"), input_size, hidden or hidden_size)
 
     return make
 

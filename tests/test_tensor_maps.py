@@ -305,6 +305,7 @@ def test_a_new_format_is_one_registered_class():
     from torch import nn
 
     from tensorlstm.cells import build_cell
+    from tensorlstm.defaults import cell_config
     from tensorlstm.tensor import MAP_FORMATS, factorized_formats, register_format
     from tensorlstm.tensor.planning import FactorizedMap
     from tensorlstm.tensor.registry import single_rank
@@ -331,8 +332,7 @@ def test_a_new_format_is_one_registered_class():
         assert torch.allclose(m(x), x @ m.reconstruct(), atol=1e-12)
         with pytest.raises(UserError, match="lowrank takes a single rank"):
             build_map("lowrank", [3, 4], [2, 5], rank=[2, 2])
-        net = build_cell({"name": "lstm", "base": "lstm", "format": "lowrank", "rank": 2, "in_modes": [3, 4],
-                          "hidden_modes": [2, 4], "gate_mode": "first"}, 12, 8)
+        net = build_cell(cell_config("lstm", format="lowrank", rank=2, in_modes=[3, 4], hidden_modes=[2, 4]), 12, 8)
         assert net.input_map_params() == 2 * 12 + 2 * (4 * 2) * 4  # the 4 gates multiply the first hidden mode
         assert net(torch.randn(2, 3, 12))[0].shape == (2, 3, 8)
     finally:

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tensorlstm.cells import build_cell
+from tensorlstm.defaults import cell_config
 from tensorlstm.errors import UserError
 
 I = 3  # input size of the small nets
@@ -16,11 +17,11 @@ I = 3  # input size of the small nets
 
 
 def tlstm(M: int = 3, **cfg) -> nn.Module:
-    return build_cell({"name": "tlstm", **cfg}, I, M).double()
+    return build_cell(cell_config("tlstm", **cfg), I, M).double()
 
 
 def slstm(H: int = 4, **cfg) -> nn.Module:
-    return build_cell({"name": "slstm", **cfg}, I, H).double()
+    return build_cell(cell_config("slstm", **cfg), I, H).double()
 
 
 def dependence(net: nn.Module, T: int, seed: int = 0) -> torch.Tensor:
@@ -199,7 +200,7 @@ def test_loss_falls_on_delayed_copy(cfg):
     """Predict the symbol seen two steps earlier: both cells learn it in 100 Adam steps."""
     torch.manual_seed(0)
     vocab, lag = 4, 2
-    net = build_cell(cfg, vocab, 16)
+    net = build_cell(cell_config(cfg["name"], **{k: v for k, v in cfg.items() if k != "name"}), vocab, 16)
     head = nn.Linear(net.output_size, vocab)
     opt = torch.optim.Adam([*net.parameters(), *head.parameters()], lr=2e-2)
     losses = []
@@ -233,9 +234,9 @@ def test_bad_configs_raise_user_errors(cfg, needle):
 
 
 def test_task_hidden_size_is_the_default_width():
-    assert build_cell({"name": "tlstm", "P": 2, "M": None}, I, 7).output_size == 7
-    assert build_cell({"name": "tlstm", "P": 2, "M": 5}, I, 7).output_size == 5
-    assert build_cell({"name": "slstm", "layers": 2, "hidden_size": None}, I, 7).output_size == 7
+    assert build_cell(cell_config("tlstm", P=2, M=None), I, 7).output_size == 7
+    assert build_cell(cell_config("tlstm", P=2, M=5), I, 7).output_size == 5
+    assert build_cell(cell_config("slstm", layers=2, hidden_size=None), I, 7).output_size == 7
 
 
 def test_neighbour_tables_zero_pad_the_cross_layer_conv_and_replicate_pad_the_memory_conv():

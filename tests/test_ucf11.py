@@ -25,6 +25,7 @@ from tensorlstm.data.ucf11 import (
     scan_layout,
 )
 from tensorlstm.data.video import read_video, resample_indices
+from tensorlstm.defaults import cell_config
 from tensorlstm.errors import UserError
 from tensorlstm.tasks.ucf11 import UCF11Task
 
@@ -80,11 +81,7 @@ def task_cfg(data_dir: Path, **kw) -> dict:
 
 
 def cell_cfg(name: str = "lstm", **kw) -> dict:
-    cfg = dict(name=name, base="lstm", format={"lstm": "dense"}.get(name, name), rank=2, blocks=1, d=4,
-               in_modes=None, hidden_modes=None, hidden_size=None, gate_mode="first", factorize_hidden=False,
-               mode="auto", layers=1, dropout=0.0, recurrent_dropout=0.0, gate_activation="sigmoid")
-    cfg.update(kw)
-    return cfg
+    return cell_config(name, **{"rank": 2, "blocks": 1, **kw})
 
 
 def factory(cfg: dict):

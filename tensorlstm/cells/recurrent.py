@@ -366,19 +366,19 @@ def _modes(explicit, hint, size: int, d: int, what: str) -> list[int]:
 
 def build_recurrent(cfg: dict, input_size: int, hidden_size: int, in_modes=None, hidden_modes=None) -> RecurrentNet:
     """Build the LSTM/GRU net of a cell config (`lstm`, `gru`, `tt`, `bt`, `cp`, `tucker`)."""
-    base = cfg.get("base", "lstm")
+    base = cfg["base"]
     if base not in GATES:
         raise UserError(f"unknown cell.base {base!r}; choose lstm or gru")
-    fmt = cfg.get("format", "dense")
-    H = int(cfg.get("hidden_size") or hidden_size)
-    n_layers = int(cfg.get("layers", 1))
+    fmt = cfg["format"]
+    H = int(cfg["hidden_size"] or hidden_size)
+    n_layers = int(cfg["layers"])
     if n_layers < 1:
         raise UserError(f"cell.layers must be >= 1, got {n_layers}")
-    dropout = float(cfg.get("dropout", 0.0))
-    rec_dropout = float(cfg.get("recurrent_dropout", 0.0))
-    activation = cfg.get("gate_activation", "sigmoid")
-    factorize_hidden = bool(cfg.get("factorize_hidden", False))
-    reset_after = bool(cfg.get("reset_after", True))
+    dropout = float(cfg["dropout"])
+    rec_dropout = float(cfg["recurrent_dropout"])
+    activation = cfg["gate_activation"]
+    factorize_hidden = bool(cfg["factorize_hidden"])
+    reset_after = bool(cfg["reset_after"])
     G = GATES[base]
     info = {"base": base, "format": fmt, "hidden_size": H, "layers": n_layers}
 
@@ -386,14 +386,14 @@ def build_recurrent(cfg: dict, input_size: int, hidden_size: int, in_modes=None,
     if fmt == "dense" and plain and (base == "lstm" or reset_after):
         return FusedRecurrent(base, input_size, H, n_layers, dropout, info | {"kernel": f"torch.nn.{base.upper()}"})
 
-    d = int(cfg.get("d", 4))
-    hm = _modes(cfg.get("hidden_modes"), hidden_modes, H, d, "cell.hidden_modes")
-    out_modes = gate_modes(hm, G, cfg.get("gate_mode", "first"))
-    rank, blocks, mode = cfg.get("rank"), int(cfg.get("blocks", 1)), cfg.get("mode", "auto")
+    d = int(cfg["d"])
+    hm = _modes(cfg["hidden_modes"], hidden_modes, H, d, "cell.hidden_modes")
+    out_modes = gate_modes(hm, G, cfg["gate_mode"])
+    rank, blocks, mode = cfg["rank"], int(cfg["blocks"]), cfg["mode"]
     layers = []
     for i in range(n_layers):
         if i == 0:
-            im = _modes(cfg.get("in_modes"), in_modes, input_size, d, "cell.in_modes")
+            im = _modes(cfg["in_modes"], in_modes, input_size, d, "cell.in_modes")
             info.update(in_modes=im, hidden_modes=hm, out_modes=out_modes)
         else:
             im = hm
@@ -401,7 +401,7 @@ def build_recurrent(cfg: dict, input_size: int, hidden_size: int, in_modes=None,
         hmap = build_map(fmt, hm, out_modes, rank=rank, blocks=blocks, mode=mode) if factorize_hidden else None
         layers.append(RecurrentLayer(base, imap, H, hmap, dropout, rec_dropout, activation, reset_after))
     if fmt != "dense":
-        info.update(rank=rank, blocks=blocks if fmt == "bt" else None, gate_mode=cfg.get("gate_mode", "first"),
+        info.update(rank=rank, blocks=blocks if fmt == "bt" else None, gate_mode=cfg["gate_mode"],
                     factorize_hidden=factorize_hidden)
     return StackedRecurrent(layers, info)
 

@@ -308,16 +308,16 @@ def build_tlstm(
     hidden_modes: Sequence[int] | None = None,
 ) -> TensorizedLSTM:
     """Build a tLSTM from a ``cell=tlstm`` config; M null means the task's hidden size."""
-    geometry = make_geometry(cfg.get("P", 4), cfg.get("K"), bool(cfg.get("feedback", True)))
-    M = _positive_int(cfg.get("M") or hidden_size, "cell.M")
+    geometry = make_geometry(cfg["P"], cfg["K"], bool(cfg["feedback"]))
+    M = _positive_int(cfg["M"] or hidden_size, "cell.M")
     return TensorizedLSTM(
         input_size,
         M,
         geometry,
-        memory_conv=bool(cfg.get("memory_conv", True)),
-        norm=str(cfg.get("norm", "none")),
-        forget_bias=float(cfg.get("forget_bias", 1.0)),
-        dropout=float(cfg.get("dropout", 0.0)),
+        memory_conv=bool(cfg["memory_conv"]),
+        norm=str(cfg["norm"]),
+        forget_bias=float(cfg["forget_bias"]),
+        dropout=float(cfg["dropout"]),
     )
 
 
@@ -329,11 +329,11 @@ def build_slstm(
     hidden_modes: Sequence[int] | None = None,
 ) -> SharedStackedLSTM:
     """Build the sLSTM baseline from a ``cell=slstm`` config (``layers`` = depth L)."""
-    H = _positive_int(cfg.get("hidden_size") or hidden_size, "cell.hidden_size")
+    H = _positive_int(cfg["hidden_size"] or hidden_size, "cell.hidden_size")
     return SharedStackedLSTM(
         input_size,
         H,
-        _positive_int(cfg.get("layers", 1), "cell.layers"),
-        forget_bias=float(cfg.get("forget_bias", 1.0)),
-        dropout=float(cfg.get("dropout", 0.0)),
+        _positive_int(cfg["layers"], "cell.layers"),
+        forget_bias=float(cfg["forget_bias"]),
+        dropout=float(cfg["dropout"]),
     )

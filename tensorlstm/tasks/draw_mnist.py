@@ -16,32 +16,35 @@ import numpy as np
 import torch
 from torch import nn
 
-from tensorlstm.cells import build_cell
+from tensorlstm.cells import CELLS, build_cell
 from tensorlstm.cells.base import RecurrentNet
 from tensorlstm.data.binarized_mnist import load_binarized_mnist
+from tensorlstm.defaults import cell_config
 from tensorlstm.errors import UserError
 from tensorlstm.models.draw import DRAW, DrawShape, bernoulli_nll
 from tensorlstm.tasks.base import Batch, CellFactory, Task
-from tensorlstm.tensor import DEFAULT_RANK, factorized_formats
+from tensorlstm.tensor import factorized_formats
 
 FACTORIZED = factorized_formats()
 
 
 def decoder_cell_config(spec: str | dict, rank: int | None) -> dict:
-    """The cell config of the decoder from ``task.decoder_cell`` (a name or a config dict)."""
+    """The cell config of the decoder from ``task.decoder_cell``: a cell name (that cell's configs/cell/<name>.yaml,
+    with ``rank`` for a factorized one) or a config dict (its keys over the named cell's YAML defaults)."""
     if isinstance(spec, dict):
         if "name" not in spec:
             raise UserError("task.decoder_cell needs a 'name' (e.g. {name: lstm, base: lstm, format: dense})")
-        return dict(spec)
-    if not isinstance(spec, str):
+        name, overrides = spec["name"], {k: v for k, v in spec.items() if k != "name"}
+    elif isinstance(spec, str):
+        name, overrides = spec, {"rank": rank} if spec in FACTORIZED and rank is not None else {}
+    else:
         raise UserError(f"task.decoder_cell must be null, a cell name or a cell config, got {spec!r}")
-    cfg: dict = {"name": spec}
-    if spec in ("lstm", "gru") or spec in FACTORIZED:
-        cfg["base"] = "gru" if spec == "gru" else "lstm"
-        cfg["format"] = spec if spec in FACTORIZED else "dense"
-    if spec in FACTORIZED:
-        cfg["rank"] = rank if rank is not None else DEFAULT_RANK[spec]
-    return cfg
+    if name not in CELLS:
+        raise UserError(f"unknown task.decoder_cell {name!r}; choose one of: {', '.join(sorted(CELLS))}")
+    try:
+        return cell_config(name, **overrides)
+    except KeyError as e:
+        raise UserError(f"task.decoder_cell: {e.args[0]}; see configs/cell/{name}.yaml for its keys") from None
 
 
 def save_grid(images: np.ndarray, path: Path, ncol: int, pad: int = 2) -> Path:
