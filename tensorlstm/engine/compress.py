@@ -62,6 +62,12 @@ def source_overrides(source: str, overrides: list[str]) -> list[str]:
     keys = {_key(o) for o in overrides}
     if "cell" not in keys:
         raise UserError(f"tlstm compress needs the target format: cell={'|'.join(FORMATS)} (and rank=R)")
+    for o in overrides:
+        if _key(o) == "cell":
+            for name in o.partition("=")[2].split(","):
+                if name not in FORMATS:
+                    raise UserError(f"cell={name} is dense or no LSTM/GRU map; compress into one of "
+                                    f"cell={'|'.join(FORMATS)}")
     if "task" in keys or "experiment" in keys:
         raise UserError("tlstm compress fine-tunes on the dense run's own task; drop task=/experiment= "
                         "(task.* settings such as task.batch_size may change)")
