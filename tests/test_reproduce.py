@@ -64,6 +64,11 @@ def test_folds_collect_to_mean_and_sd_and_publish_regenerates_the_readme(tmp_pat
         "yang2017_ucf11", ROOT / "configs"), out / "TT-LSTM_ranks_1-4-4-4-1")
     assert row["ours"] == pytest.approx(0.8) and row["ours_sd"] == pytest.approx(0.1) and row["folds"] == 3
     assert row["diff"] == pytest.approx(0.8 - 0.796)
+    table = {**rt.load_table("yang2017_ucf11", ROOT / "configs"), "also": ["seconds_per_step"]}  # extra columns
+    assert rt.collect_row(rows_of("yang2017_ucf11")["LSTM"], table, out / "LSTM")["ours_seconds_per_step"] is None
+    assert rt.collect_row(rows_of("yang2017_ucf11")["TT-LSTM (ranks 1-4-4-4-1)"], table,
+                          out / "TT-LSTM_ranks_1-4-4-4-1")["ours_seconds_per_step"] == 0.5
+    assert "| ours seconds_per_step |" in rt.markdown_table(table, [row | {"ours_seconds_per_step": 0.5}])[0]
     report = (out / "report.md").read_text()
     assert "0.8 ± 0.1 (3 folds)" in report and "0.796 ± 0.035" in report
     assert "| TT-LSTM (ranks 1-4-4-4-1) (fold2) | finished | 4 / 4 | 2 | 16 |" in report

@@ -107,10 +107,12 @@ def collect_row(row: dict, table: dict, run_dir: Path) -> dict:
                  if (d / "summary.json").is_file()]
     values = [s[metric] for s in summaries if isinstance(s.get(metric), (int, float))]
     ours, sd = _mean_sd([float(v) for v in values])
+    also = {f"ours_{k}": _mean_sd([float(s[k]) for s in summaries if isinstance(s.get(k), (int, float))])[0]
+            for k in table.get("also") or []}  # other test metrics shown beside the main one
     first = summaries[0] if summaries else {}
     diff = round(ours - out["paper"], 4) if ours is not None and out["paper"] is not None else None
     per_fold = row_runs(run_dir) not in ([], [run_dir])
-    return {**out, "ours": ours, "ours_sd": sd, "folds": len(values) if per_fold else None, "diff": diff,
+    return {**out, **also, "ours": ours, "ours_sd": sd, "folds": len(values) if per_fold else None, "diff": diff,
             "params": first.get(table["params_key"]),
             "compression": first.get("compression_input_map"), "sec_per_step": first.get("seconds_per_step"),
             "steps": first.get("steps")}
@@ -132,12 +134,14 @@ def _pm(value, sd) -> str:
 
 def markdown_table(table: dict, rows: list[dict]) -> list[str]:
     metric = table["metric"]
-    head = ["row", f"paper {metric}", f"ours {metric}", "diff", "paper params", "our params", "compression",
-            "s/step", "note"]
+    also = list(table.get("also") or [])
+    head = ["row", f"paper {metric}", f"ours {metric}", *[f"ours {k}" for k in also], "diff", "paper params",
+            "our params", "compression", "s/step", "note"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         ours = _pm(r["ours"], r["ours_sd"]) + (f" ({r['folds']} folds)" if r["folds"] else "")
-        cells = [r["row"], _pm(r["paper"], r["paper_sd"]), ours, _fmt(r["diff"]), _fmt(r["paper_params"]),
+        cells = [r["row"], _pm(r["paper"], r["paper_sd"]), ours, *[_fmt(r[f"ours_{k}"]) for k in also],
+                 _fmt(r["diff"]), _fmt(r["paper_params"]),
                  _fmt(r["params"]), _fmt(r["compression"]), _fmt(r["sec_per_step"]), _fmt(r["note"] or None)]
         lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
     return lines
@@ -146,7 +150,7 @@ def markdown_table(table: dict, rows: list[dict]) -> list[str]:
 def render(table: dict, rows: list[dict], out_dir: Path) -> str:
     out_dir.mkdir(parents=True, exist_ok=True)
     with open(out_dir / "table.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer = csv.DictWriter(f, fieldnames=[*COLUMNS, *(f"ours_{k}" for k in table.get("also") or [])])
         writer.writeheader()
         writer.writerows(rows)
     lines = [f"# {table['title']}", "", *markdown_table(table, rows)]
