@@ -140,6 +140,8 @@ def markdown_table(table: dict, rows: list[dict]) -> list[str]:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         ours = _pm(r["ours"], r["ours_sd"]) + (f" ({r['folds']} folds)" if r["folds"] else "")
+        if r["ours"] is None and r["steps"] is not None:
+            ours = "null (finished)"  # e.g. samples_to_99 when 99% was never reached
         cells = [r["row"], _pm(r["paper"], r["paper_sd"]), ours, *[_fmt(r[f"ours_{k}"]) for k in also],
                  _fmt(r["diff"]), _fmt(r["paper_params"]),
                  _fmt(r["params"]), _fmt(r["compression"]), _fmt(r["sec_per_step"]), _fmt(r["note"] or None)]
