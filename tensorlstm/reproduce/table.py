@@ -228,6 +228,7 @@ def _figure(n: int):
 def plot_params_vs_metric(table: dict, rows: list[dict], path: Path) -> None:
     """One point per row: ours (filled, ± sd over folds) and the paper's (open square) at its params, log x."""
     metric, groups = table["metric"], panel_rows(table, rows)
+    groups = [g for g in groups if any(r["ours"] is not None or r["paper"] is not None for r in g[1])] or groups[:1]
     plt, fig, axes = _figure(len(groups))
     for ax, (prefix, group) in zip(axes, groups):
         plotted = False
@@ -262,6 +263,8 @@ def plot_params_vs_metric(table: dict, rows: list[dict], path: Path) -> None:
 def plot_curves(table: dict, rows: list[dict], path: Path) -> None:
     """The validation metric against the step, one line per run (per fold when run per fold)."""
     metric, groups = table["metric"], panel_rows(table, rows)
+    groups = [g for g in groups if any(read_curve(run, metric) for r in g[1] for run in row_runs(Path(r["run_dir"])))
+              ] or groups[:1]  # panels with nothing to show are left out
     plt, fig, axes = _figure(len(groups))
     for ax, (prefix, group) in zip(axes, groups):
         drawn = 0
