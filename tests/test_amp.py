@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from tensorlstm.cells import build_cell
-from tensorlstm.tensor import FORMATS, build_map, gate_modes, planning
+from tensorlstm.tensor import FORMATS, build_map, gate_modes, kernels
 from tensorlstm.tensor import bt as bt_module
 
 REL_TOL = 5e-2
@@ -81,7 +81,7 @@ def test_map_bf16_autocast_forward_backward(shape, fmt, mode):
 def test_map_shapes_reach_the_custom_functions(monkeypatch):
     """The shapes above run both custom autograd Functions (else the test above would not cover them)."""
     calls = {"ModeProduct": 0, "_BTChain4": 0}
-    for cls, name in ((planning.ModeProduct, "ModeProduct"), (bt_module._BTChain4, "_BTChain4")):
+    for cls, name in ((kernels.ModeProduct, "ModeProduct"), (bt_module._BTChain4, "_BTChain4")):
         def counted(*args, _apply=cls.apply, _name=name):
             calls[_name] += 1
             return _apply(*args)
@@ -100,7 +100,7 @@ def test_mode_product_float64_is_untouched_by_autocast():
     x = torch.randn(3, 5, 70, dtype=torch.float64, requires_grad=True)
     mat = torch.randn(4, 5, dtype=torch.float64, requires_grad=True)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        y = planning.ModeProduct.apply(x, mat)
+        y = kernels.ModeProduct.apply(x, mat)
     assert y.dtype == torch.float64
     y.sum().backward()
     torch.testing.assert_close(y, torch.einsum("nk,pkq->pnq", mat, x))

@@ -9,7 +9,8 @@ from torch.func import functional_call
 
 from tensorlstm.errors import UserError
 from tensorlstm.tensor import FORMATS, build_map, gate_modes
-from tensorlstm.tensor.planning import ChainPlan, ChainStep, ModeProduct
+from tensorlstm.tensor.kernels import ModeProduct
+from tensorlstm.tensor.planner import ChainPlan, ChainStep
 
 FACTORIZED = [f for f in FORMATS if f != "dense"]
 
@@ -307,7 +308,7 @@ def test_a_new_format_is_one_registered_class():
     from tensorlstm.cells import build_cell
     from tensorlstm.defaults import cell_config
     from tensorlstm.tensor import MAP_FORMATS, factorized_formats, register_format
-    from tensorlstm.tensor.planning import FactorizedMap
+    from tensorlstm.tensor.factorized import FactorizedMap
     from tensorlstm.tensor.registry import single_rank
 
     @register_format("lowrank", default_rank=3)

@@ -24,7 +24,7 @@ from tensorlstm.tensor.cp import CPMap
 from tensorlstm.tensor.tucker import TuckerMap
 
 # isort: on
-from tensorlstm.tensor.planning import MODES, FactorizedMap, check_mode
+from tensorlstm.tensor.factorized import MODES, FactorizedMap, check_mode
 from tensorlstm.tensor.registry import MAP_FORMATS, factorized_formats, map_format, register_format
 from tensorlstm.tensor.shapes import check_modes, factorize, gate_modes
 

@@ -17,7 +17,7 @@ from torch import nn
 
 from tensorlstm.errors import UserError
 from tensorlstm.tensor.amp import compute_dtype, no_autocast
-from tensorlstm.tensor.planning import FactorizedMap
+from tensorlstm.tensor.factorized import FactorizedMap
 from tensorlstm.tensor.registry import register_format, single_rank
 
 # --- fast path for d = 4 ----------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from tensorlstm.tensor.planning import FactorizedMap
+from tensorlstm.tensor.factorized import FactorizedMap
 from tensorlstm.tensor.registry import register_format, single_rank
 
 

@@ -39,7 +39,7 @@ import torch
 from tensorlstm.tensor.base import LinearMap
 from tensorlstm.tensor.bt import BTMap
 from tensorlstm.tensor.cp import CPMap
-from tensorlstm.tensor.planning import FactorizedMap
+from tensorlstm.tensor.factorized import FactorizedMap
 from tensorlstm.tensor.tt import TTMap
 from tensorlstm.tensor.tucker import TuckerMap
 

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from tensorlstm.errors import UserError
-from tensorlstm.tensor.planning import FactorizedMap
+from tensorlstm.tensor.factorized import FactorizedMap
 from tensorlstm.tensor.registry import register_format
 
 
