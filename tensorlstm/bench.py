@@ -24,16 +24,19 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from tensorlstm.cells.recurrent import GATES
 from tensorlstm.defaults import cell_config
+from tensorlstm.errors import UserError
 from tensorlstm.tensor import DEFAULT_RANK, build_map, factorized_formats, gate_modes
 
 # name -> rows (B, T), in modes, hidden modes, gates, gate mode, ranks per format
@@ -333,8 +336,15 @@ def print_tables(maps: list[dict], cells: list[dict]) -> None:
             )
 
 
+class _Parser(argparse.ArgumentParser):
+    """Argument errors as one line (UserError: exit 2), not argparse's usage block."""
+
+    def error(self, message: str):
+        raise UserError(f"tlstm bench: {message}; see tlstm bench --help")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="tlstm bench", description=__doc__.split("\n\n")[0])
+    parser = _Parser(prog="tlstm bench", description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--quick", action="store_true", help="fewer repeats, skip the slowest cases (< 2 min)"
     )
@@ -351,6 +361,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sections", default="maps,cells", help="comma list of: maps, cells")
     parser.add_argument("--shapes", default=",".join(SHAPES), help=f"comma list of: {', '.join(SHAPES)}")
     args = parser.parse_args(argv)
+    if args.device not in ("auto", "cpu") and not args.device.startswith("cuda"):
+        raise UserError(f"tlstm bench --device {args.device}: choose auto, cpu, cuda or cuda:N")
+    for flag, value in (("--threads", args.threads), ("--repeats", args.repeats)):
+        if value is not None and value < 1:
+            raise UserError(f"tlstm bench {flag} {value}: give a positive integer")
+    bad = sorted({s.strip() for s in args.sections.split(",") if s.strip()} - {"maps", "cells"})
+    if bad:
+        raise UserError(f"tlstm bench --sections: unknown {', '.join(bad)}; choose from maps, cells")
+    out_dir = Path(args.out).resolve().parent
+    if not out_dir.is_dir() or not os.access(out_dir, os.W_OK):
+        raise UserError(f"tlstm bench --out {args.out}: folder {out_dir} does not exist or is not writable; "
+                        "create it or choose another --out")
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -364,8 +386,7 @@ def main(argv: list[str] | None = None) -> int:
     shapes = [s.strip() for s in args.shapes.split(",") if s.strip()]
     unknown = [s for s in shapes if s not in SHAPES]
     if unknown:
-        print(f"unknown shape(s) {unknown}; choose from {list(SHAPES)}")
-        return 2
+        raise UserError(f"tlstm bench --shapes: unknown {', '.join(unknown)}; choose from {', '.join(SHAPES)}")
     notes: list[str] = []
     maps, cells = [], []
     started = time.perf_counter()

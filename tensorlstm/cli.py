@@ -64,8 +64,21 @@ def compose(overrides: list[str], hydra: bool = False):
     try:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
             return hydra_compose("train", overrides=overrides, return_hydra_config=hydra)
-    except Exception as e:  # Hydra/OmegaConf errors -> one line
-        raise UserError(_one_line(e) + "; check the spelling against `tlstm train --cfg job`") from e
+    except Exception as e:  # Hydra/OmegaConf errors -> one line, naming the override that does not parse
+        raise UserError(f"{_unparsable(overrides) or ''}{_one_line(e)}; check the spelling against "
+                        "`tlstm train --cfg job`") from e
+
+
+def _unparsable(overrides: list[str]) -> str | None:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    for ov in overrides:
+        try:
+            parser.parse_overrides([ov])
+        except Exception:  # noqa: BLE001
+            return f"{ov}: "
+    return None
 
 
 def _one_line(e: Exception) -> str:
@@ -82,7 +95,7 @@ def to_dict(cfg) -> dict:
     try:
         return OmegaConf.to_container(cfg, resolve=True)
     except Exception as e:
-        raise UserError(f"config does not resolve: {_one_line(e)}") from e
+        raise UserError(f"config does not resolve: {_one_line(e)}; check the ${{...}} references") from e
 
 
 def _check_types(base, full, path: str = "") -> None:
@@ -140,12 +153,18 @@ def _check_keys(overrides: list[str], base: dict) -> None:
         raise UserError(f"unknown config key {key} in {ov!r}; {hint}")
 
 
+_DEFAULTS: dict[tuple, dict] = {}
+
+
 def load_config(overrides: list[str], hydra: bool = False):
     """Compose, check keys and types, validate; returns (the composed config, its resolved dict)."""
     from tensorlstm.engine.build import validate
 
     group_only = [o for o in overrides if o.lstrip("+~").partition("=")[0] in GROUPS]
-    base = to_dict(compose(group_only))
+    key = (str(CONFIG_DIR), tuple(group_only))
+    if key not in _DEFAULTS:  # the defaults of these groups (read only below), composed once per process
+        _DEFAULTS[key] = to_dict(compose(group_only))
+    base = _DEFAULTS[key]
     _check_keys(overrides, base)
     full = compose(overrides, hydra=hydra)
     cfg = to_dict(full)
@@ -168,10 +187,13 @@ def preflight(overrides: list[str], showing: bool = False) -> list[str]:
         return overrides
     check_fits(cfg)
     resume = cfg["resume"]
-    if resume in (None, "", "none", "null") or any(o.startswith("hydra.run.dir=") for o in overrides):
+    explicit_dir = any(o.startswith("hydra.run.dir=") for o in overrides)
+    if resume in (None, "", "none", "null") or (explicit_dir and resume == "auto"):
         _check_writable(Path(full.hydra.run.dir), "hydra.run.dir")
         return overrides
     run_dir = _resume_dir(str(resume), Path(full.hydra.run.dir), cfg)
+    if explicit_dir:
+        return overrides
     if run_dir is None:
         _check_writable(Path(full.hydra.run.dir), "hydra.run.dir")
         print("tensorlstm: resume=auto found no unfinished run of this config; starting a new run")
@@ -244,12 +266,13 @@ def _saved_overrides(overrides: list[str]) -> list[str]:
 def _resume_dir(resume: str, new_run_dir: Path, cfg: dict) -> Path | None:
     from omegaconf import OmegaConf
 
-    from tensorlstm.engine.checkpoint import check_resumable, config_differences, run_dir_of
+    from tensorlstm.engine.checkpoint import check_resumable, config_differences, load_checkpoint, run_dir_of
 
     if resume != "auto":
         run_dir = run_dir_of(resume)
         if not (run_dir / "checkpoints" / "last.pt").exists() and not resume.endswith(".pt"):
             raise UserError(f"resume={resume}: no checkpoints/last.pt there; pass a run dir of tlstm train")
+        load_checkpoint(resume if resume.endswith(".pt") else run_dir / "checkpoints" / "last.pt", mmap=True)
         saved = run_dir / ".hydra" / "config.yaml"
         if saved.is_file():  # checked before Hydra rewrites the run's .hydra/ files
             check_resumable(OmegaConf.to_container(OmegaConf.load(saved), resolve=True), cfg, str(run_dir))
@@ -286,8 +309,8 @@ def _split_train_args(args: list[str]) -> tuple[list[str], list[str]]:
             flags += [a, value]
             i += 1
         elif a.startswith("-"):
-            raise UserError(f"unknown option {a} for tlstm train; it takes key=value overrides, -m (a sweep), "
-                            "--cfg job|hydra|all, --resolve, --help")
+            raise UserError(f"unknown option {a} for tlstm train; use key=value overrides, -m (a sweep), "
+                            "--cfg job|hydra|all, --resolve or --help")
         else:
             overrides.append(a)
         i += 1
@@ -443,7 +466,7 @@ def cmd_sample(args: list[str]) -> int:
     n = int(n)
     task, model, cfg, _, run_dir = _load_for_eval(args[0], args[1:], "best.pt")
     if not hasattr(task, "sample"):
-        raise UserError(f"task {cfg['task']['name']} cannot sample; sampling is for generative tasks (draw_mnist)")
+        raise UserError(f"task {cfg['task']['name']} cannot sample; pass a run of a generative task (task=draw_mnist)")
     from datetime import datetime
 
     out = task.sample(model, run_dir / f"sample_{datetime.now():%Y%m%d_%H%M%S}.png", n)
@@ -465,13 +488,13 @@ def cmd_reproduce(args: list[str]) -> int:
     folds, rest = _flag(rest, "--folds", None)
     if any(a.startswith("--") for a in rest):
         raise UserError(f"tlstm reproduce: unknown flag {next(a for a in rest if a.startswith('--'))}; "
-                        "flags: --rows A,B --folds 0,1,2|all --collect --publish")
+                        "use --rows A,B --folds 0,1,2|all --collect --publish or key=value overrides")
     checkout = Path(__file__).resolve().parent.parent  # --publish writes docs/results/ of the source checkout
     if publish and not (checkout / "configs" / "train.yaml").is_file():
         raise UserError("--publish writes into a source checkout's docs/results/ and README.md; run it from a "
                         "git clone of tensorlstm (pip install -e .)")
     return reproduce(args[0], CONFIG_DIR, rest, collect_only=collect, only_rows=rows, folds=folds,
-                     publish_to=checkout if publish else None)
+                     publish_to=checkout if publish else None, check=lambda overrides: load_config(overrides))
 
 
 def cmd_bench(args: list[str]) -> int:

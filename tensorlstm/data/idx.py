@@ -68,5 +68,6 @@ def load_mnist(data_dir: str | Path, split: str) -> tuple[np.ndarray, np.ndarray
     images = read_idx(_find(data_dir, img_name))
     labels = read_idx(_find(data_dir, lbl_name)).astype(np.int64)
     if images.shape[0] != labels.shape[0]:
-        raise UserError(f"MNIST {split} images ({images.shape[0]}) and labels ({labels.shape[0]}) differ in count")
+        raise UserError(f"MNIST {split} images ({images.shape[0]}) and labels ({labels.shape[0]}) differ in count; "
+                        "re-download them")
     return images, labels

@@ -413,7 +413,11 @@ class FrameCache:
                             f"{CACHE_HELP}")
         self.dir = cache_dir
         self.index = read_index(cache_dir)
-        self.frames = np.load(cache_dir / FRAMES_FILE, mmap_mode="r")
+        try:
+            self.frames = np.load(cache_dir / FRAMES_FILE, mmap_mode="r")
+        except (ValueError, OSError) as exc:  # a header promising more frames than the file holds, or no header
+            raise UserError(f"{cache_dir / FRAMES_FILE} cannot be mapped ({exc}); it is truncated or not a frame "
+                            "cache: re-run the prepare step on the same --out to repair it") from exc
         self.clips: list[dict] = self.index["clips"]
         if not self.clips:
             raise UserError(f"the UCF11 cache in {cache_dir} holds no clip (all failed to decode?); "

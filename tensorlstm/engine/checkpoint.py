@@ -84,13 +84,14 @@ def remove_stale_temp_files(ckpt_dir: str | Path) -> list[Path]:
     return stale
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint; a missing, truncated or corrupt file gives a one-line UserError."""
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", mmap: bool = False) -> dict[str, Any]:
+    """Load a checkpoint; a missing, truncated or corrupt file gives a one-line UserError. `mmap=True` maps the
+    tensors instead of reading them (a cheap check that the file is whole)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist; pass a run directory or a .pt file written by tlstm train")
     try:
-        obj = torch.load(path, map_location=map_location, weights_only=False)
+        obj = torch.load(path, map_location=map_location, weights_only=False, mmap=mmap or None)
     except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError) as e:
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise UserError(

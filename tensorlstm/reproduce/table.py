@@ -365,21 +365,33 @@ def readme_with_results(text: str, results_dir: Path) -> str:
     return text.rstrip("\n") + "\n\n## Results\n\n" + section + "\n"
 
 
+def row_overrides(row: dict, overrides: list[str]) -> list[str]:
+    """The `tlstm train` overrides of a row: its experiment, its own overrides, then the user's."""
+    return [f"experiment={row['experiment']}", *(row.get("overrides") or []), *overrides]
+
+
 def reproduce(name: str, config_dir: Path, overrides: list[str], collect_only: bool = False,
               only_rows: list[str] | None = None, out_root: Path = Path("outputs/reproduce"),
-              folds: str | None = None, publish_to: Path | None = None) -> int:
+              folds: str | None = None, publish_to: Path | None = None,
+              check=None) -> int:
+    """Run (or with collect_only just collect) the rows of a table. `check(overrides)` validates every row's
+    config before the first row starts, so one bad override fails at once, not after hours of other rows."""
     table = load_table(name, config_dir)
     selected = table["rows"]
     if only_rows:
         known = [r["name"] for r in table["rows"]]
         unknown = [r for r in only_rows if r not in known]
         if unknown:
-            raise UserError(f"table {name} has no row(s) {', '.join(unknown)}; its rows: {', '.join(known)}")
+            raise UserError(f"table {name} has no row(s) {', '.join(unknown)}; choose from: {', '.join(known)}")
         selected = [r for r in selected if r["name"] in only_rows]
     fold_list = parse_folds(folds, table) if folds is not None else None
     if not collect_only and table.get("runnable", True) is not True:
         raise UserError(f"table {name} cannot run here: {table['runnable']} (`tlstm info` checks its counts; "
                         "--collect reads runs made elsewhere)")
+    if check is not None and not collect_only:
+        for row in selected:  # (a `compress:` row is checked by tlstm compress itself)
+            if not row.get("compress") and not (out_root / name / slug(row["name"]) / "summary.json").is_file():
+                check(row_overrides(row, overrides))
     out_dir = out_root / name
     failed = []
     rows = []

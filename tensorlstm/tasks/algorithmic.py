@@ -111,7 +111,7 @@ class AdditionTask(GeneratedSequenceTask):
         super().__init__(cfg, seed)
         self.digits = int(cfg.get("digits", 15))
         if not 1 <= self.digits <= 18:
-            raise UserError(f"task.digits={self.digits}: addition supports 1 to 18 digits (exact int64 sums)")
+            raise UserError(f"task.digits={self.digits}: choose 1 to 18 digits (addition sums are exact in int64)")
         self.reverse = bool(cfg.get("reverse_digits", False))
         self.vocab = 11  # 0-9 and '-'
         self.classes = 10
