@@ -26,7 +26,7 @@ from tensorlstm.models.draw import (
     read_patch,
     write_patch,
 )
-from tensorlstm.tasks.draw_mnist import DrawMNISTTask, decoder_cell_config
+from tensorlstm.tasks.draw_mnist import GRID_SCALE, LABEL_HEIGHT, DrawMNISTTask, decoder_cell_config
 
 D = torch.float64
 
@@ -314,10 +314,11 @@ def test_training_steps_lower_the_loss_and_artifacts_are_written(tmp_path):
     paths = task.artifacts(model, tmp_path / "run", step=40)
     assert [p.name for p in paths] == ["samples_40.png", "canvas_40.png"]
     w, h = Image.open(paths[0]).size
-    assert (w, h) == (3 * 30 + 2, 2 * 30 + 2)  # 6 samples on a 3-wide grid of 28 px + 2 px separators
-    assert Image.open(paths[1]).size == (4 * 30 + 2, 6 * 30 + 2)  # 4 glimpses x 6 samples
+    s, label = GRID_SCALE, LABEL_HEIGHT  # each pixel drawn s x s, a caption strip on top
+    assert (w, h) == (s * (3 * 30 + 2), s * (2 * 30 + 2) + label)  # 6 samples, 3 wide, 28 px + 2 px separators
+    assert Image.open(paths[1]).size == (s * (4 * 30 + 2), s * (6 * 30 + 2) + label)  # 4 glimpses x 6 samples
     out = task.sample(model, tmp_path / "s" / "new.png", n=4, seed=1)
-    assert out.exists() and Image.open(out).size == (2 * 30 + 2, 2 * 30 + 2)
+    assert out.exists() and Image.open(out).size == (s * (2 * 30 + 2), s * (2 * 30 + 2) + label)
     assert (tmp_path / "s" / "new_canvas.png").exists()
 
 

@@ -411,8 +411,13 @@ def plot_curves(run_dir: Path, summary: dict) -> Path | None:
 
     keys = [k for k in (valid_r[-1] if valid_r else {}) if k not in ("step", "split", "wall_time")]
     metric, test = summary["metric"], summary["test"]
-    fig, axes = plt.subplots(1, 1 + len(keys), figsize=(4.2 * (1 + len(keys)), 3.6), squeeze=False)
-    axes = axes[0]
+    panels = 1 + len(keys)
+    cols = min(3, panels)
+    rows = -(-panels // cols)
+    fig, grid = plt.subplots(rows, cols, figsize=(4.4 * cols, 3.4 * rows + 0.4), squeeze=False)
+    axes = grid.ravel()
+    for ax in axes[panels:]:
+        ax.set_visible(False)
     axes[0].plot([r["step"] for r in train_r], [r["loss"] for r in train_r], lw=1)
     axes[0].set(xlabel="step (optimizer updates)", ylabel="loss (nats; the training objective)",
                 title="training loss")

@@ -47,9 +47,15 @@ def decoder_cell_config(spec: str | dict, rank: int | None) -> dict:
         raise UserError(f"task.decoder_cell: {e.args[0]}; see configs/cell/{name}.yaml for its keys") from None
 
 
-def save_grid(images: np.ndarray, path: Path, ncol: int, pad: int = 2) -> Path:
-    """Write images (n, H, W) with values in [0, 1] as one grey PNG, ncol per row, light separators."""
-    from PIL import Image
+GRID_SCALE = 3      # pixels per image pixel in the saved grids (28 px digits are too small to judge)
+LABEL_HEIGHT = 16   # pixels of the caption strip above a grid (before scaling: never)
+
+
+def save_grid(images: np.ndarray, path: Path, ncol: int, pad: int = 2, label: str | None = None,
+              scale: int = GRID_SCALE) -> Path:
+    """Write images (n, H, W) with values in [0, 1] as one grey PNG, ncol per row, light separators, each
+    pixel drawn as scale x scale, with `label` (what and when) in a strip above the grid."""
+    from PIL import Image, ImageDraw
 
     n, h, w = images.shape
     nrow = -(-n // ncol)
@@ -58,8 +64,15 @@ def save_grid(images: np.ndarray, path: Path, ncol: int, pad: int = 2) -> Path:
         r, c = divmod(k, ncol)
         top, left = pad + r * (h + pad), pad + c * (w + pad)
         grid[top : top + h, left : left + w] = images[k]
+    grid = np.kron(grid, np.ones((scale, scale), dtype=np.float32))
+    image = Image.fromarray((np.clip(grid, 0, 1) * 255).round().astype(np.uint8), mode="L")
+    if label:
+        framed = Image.new("L", (image.width, image.height + LABEL_HEIGHT), 255)
+        framed.paste(image, (0, LABEL_HEIGHT))
+        ImageDraw.Draw(framed).text((4, 2), label, fill=0)
+        image = framed
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray((np.clip(grid, 0, 1) * 255).round().astype(np.uint8), mode="L").save(path)
+    image.save(path)
     return path
 
 
@@ -211,15 +224,19 @@ class DrawMNISTTask(Task):
         run_dir = Path(run_dir)
         n = int(self.cfg.get("num_samples", 64))
         seq = self._generate(model, n, seed=self.seed + 3)  # the same noise at every step shows progress
-        samples = save_grid(seq[-1], run_dir / f"samples_{step}.png", ncol=int(np.ceil(np.sqrt(n))))
-        return [samples, self.save_canvas_sequence(seq, run_dir / f"canvas_{step}.png")]
+        samples = save_grid(seq[-1], run_dir / f"samples_{step}.png", ncol=int(np.ceil(np.sqrt(n))),
+                            label=f"DRAW samples from the prior, step {step:,}")
+        return [samples, self.save_canvas_sequence(seq, run_dir / f"canvas_{step}.png", step=step)]
 
-    def save_canvas_sequence(self, seq: np.ndarray, path: Path, rows: int = 8, max_cols: int = 32) -> Path:
+    def save_canvas_sequence(self, seq: np.ndarray, path: Path, rows: int = 8, max_cols: int = 32,
+                             step: int | None = None) -> Path:
         T = seq.shape[0]
         cols = np.unique(np.linspace(0, T - 1, min(T, max_cols)).round().astype(int))
         rows = min(rows, seq.shape[1])
         tiles = seq[cols][:, :rows].transpose(1, 0, 2, 3).reshape(rows * len(cols), *seq.shape[2:])
-        return save_grid(tiles, path, ncol=len(cols))
+        when = f", step {step:,}" if step is not None else ""
+        label = f"canvas after glimpse {cols[0] + 1}..{cols[-1] + 1} of {T} (left to right){when}"
+        return save_grid(tiles, path, ncol=len(cols), label=label)
 
     def sample(self, model: nn.Module, out_path: str | Path, n: int = 64, seed: int | None = None) -> Path:
         """Draw n new digits from the prior into a PNG grid at out_path (and the glimpse sequence of the
@@ -227,7 +244,7 @@ class DrawMNISTTask(Task):
         out_path = Path(out_path)
         seq = self._generate(model, n, seed)
         self.save_canvas_sequence(seq, out_path.with_name(out_path.stem + "_canvas.png"))
-        return save_grid(seq[-1], out_path, ncol=int(np.ceil(np.sqrt(n))))
+        return save_grid(seq[-1], out_path, ncol=int(np.ceil(np.sqrt(n))), label=f"DRAW: {n} samples from the prior")
 
 
 def _dtype(model: nn.Module) -> torch.dtype:
