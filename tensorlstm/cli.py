@@ -213,6 +213,9 @@ def preflight_sweep(overrides: list[str], showing: bool = False) -> None:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except Exception as e:  # noqa: BLE001 - Hydra's parse errors -> one line
         raise UserError(f"{_one_line(e)}; a sweep is written key=a,b (e.g. cell=lstm,tt rank=2,4)") from e
+    if any(o.startswith("hydra/sweeper=") for o in overrides):  # Optuna & co. draw the points themselves:
+        parsed = [o for o in parsed if not o.is_sweep_override()]  # check the fixed part once
+        overrides = [o.input_line for o in parsed]
     jobs = [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
     swept = {o.key_or_group for o in parsed if o.is_sweep_override()}
     full = None
@@ -321,22 +324,35 @@ def cmd_train(args: list[str]) -> int:
     import hydra
     from hydra.core.hydra_config import HydraConfig
 
+    from tensorlstm.engine import distributed
+
+    world = distributed.env_world()
+    if world.enabled:  # torchrun: rank 0 runs Hydra (run dir, logs) and hands the config to the other ranks
+        if any(a in ("-m", "--multirun", "--cfg", "-c", *HYDRA_HELP_FLAGS) for a in args):
+            raise UserError("under torchrun, tlstm train runs one job: no -m sweeps, --cfg or --help (sweep with "
+                            "hydra/launcher=slurm and start torchrun inside each job instead)")
+        distributed.init()
+        if not world.main:
+            return _train_follower(world)
     if not any(a in HYDRA_HELP_FLAGS for a in args):  # Hydra's own help and info need no checks
         flags, overrides = _split_train_args(args)
         showing = "--cfg" in flags or "-c" in flags
         if "-m" in flags or "--multirun" in flags:
             preflight_sweep(overrides, showing)
+            overrides = [*overrides, *_sweeper_direction(overrides)]
         else:
             overrides = preflight(overrides, showing)
         args = [*flags, *overrides]
 
     @hydra.main(config_path=str(CONFIG_DIR), config_name="train", version_base="1.3")
-    def job(cfg) -> None:
+    def job(cfg) -> float | None:
         from tensorlstm.engine.trainer import TrainingStopped, train
 
         run_dir = Path(HydraConfig.get().runtime.output_dir)
         try:
-            summary = train(to_dict(cfg), run_dir)
+            resolved = to_dict(cfg)
+            distributed.broadcast((resolved, str(run_dir)), world)
+            summary = train(resolved, run_dir)
         except UserError as e:
             _discard_unstarted(run_dir)
             _fail(e)
@@ -351,10 +367,45 @@ def cmd_train(args: list[str]) -> int:
                             "or use a factorized cell (cell=tt|bt|cp|tucker)"))
         print(f"run dir: {run_dir}")
         print(f"final metrics: {json.dumps(final_metrics(summary))}")
+        return summary["best_valid"]  # the task's validation metric: what a sweeper (Optuna) optimises
 
     sys.argv = ["tlstm train", *args]
-    job()
+    try:
+        job()
+    finally:
+        distributed.shutdown()
     return 0
+
+
+def _train_follower(world) -> int:
+    """A rank > 0 of a torchrun launch: no Hydra, no run dir of its own; rank 0's config and run dir."""
+    from tensorlstm.engine import distributed
+    from tensorlstm.engine.trainer import TrainingStopped, train
+
+    try:
+        cfg, run_dir = distributed.broadcast(None, world)
+        train(cfg, Path(run_dir))
+    except TrainingStopped as e:
+        sys.exit(e.exit_code)  # rank 0 says why
+    finally:
+        distributed.shutdown()
+    return 0
+
+
+def _sweeper_direction(overrides: list[str]) -> list[str]:
+    """With an Optuna sweeper (hydra/sweeper=optuna or a config built on it), the direction the task's
+    validation metric wants (maximize accuracy, minimize bpc/nll), unless hydra.sweeper.direction is given."""
+    if not any(o.startswith("hydra/sweeper=") for o in overrides) or \
+            any(o.startswith("hydra.sweeper.direction=") for o in overrides):
+        return []
+    from tensorlstm.tasks import task_class
+
+    picks = [o for o in overrides if o.partition("=")[0] in ("task", "experiment", "hydra/sweeper") and "," not in o]
+    full = compose(picks, hydra=True)
+    if "optuna" not in str(full.hydra.sweeper.get("_target_", "")):
+        return []
+    name = to_dict(full)["task"]["name"]
+    return [f"hydra.sweeper.direction={'maximize' if task_class(name).higher_is_better else 'minimize'}"]
 
 
 def final_metrics(summary: dict) -> dict:

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from tensorlstm.cells.base import detach_state, map_state
+from tensorlstm.engine import distributed
 from tensorlstm.engine.build import build, model_info
 from tensorlstm.engine.checkpoint import (
     check_resumable,
@@ -45,13 +46,17 @@ class TrainingStopped(Exception):
         self.exit_code = exit_code
 
 
-def to_device(obj: Any, device: torch.device) -> Any:
+def to_device(obj: Any, device: torch.device, pin: bool = False) -> Any:
+    """Tensors to the device; with `pin`, CPU tensors go through pinned memory so that the copy is
+    asynchronous (a non_blocking copy from pageable memory is a synchronous one)."""
     if isinstance(obj, torch.Tensor):
+        if pin and obj.device.type == "cpu" and obj.dim() > 0:
+            obj = obj.pin_memory()
         return obj.to(device, non_blocking=True)
     if isinstance(obj, dict):
-        return {k: to_device(v, device) for k, v in obj.items()}
+        return {k: to_device(v, device, pin) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return type(obj)(to_device(v, device) for v in obj)
+        return type(obj)(to_device(v, device, pin) for v in obj)
     return obj
 
 
@@ -61,15 +66,28 @@ def is_better(new: float, best: float | None, higher: bool) -> bool:
     return new > best if higher else new < best
 
 
+# SIGUSR1/SIGUSR2: what SLURM sends before a time limit or preemption (`#SBATCH --signal=USR1@120`; submitit
+# uses USR2). The run saves last.pt, then hands the signal to the handler that was installed before it (submitit's
+# requeues the job, which continues with resume=auto), else exits non-zero.
+PREEMPT_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2)
+
+
 class _Signals:
-    """SIGINT/SIGTERM set a flag; the loop saves last.pt at the next step boundary and exits non-zero."""
+    """SIGINT/SIGTERM/SIGUSR1/SIGUSR2 set a flag; the loop saves last.pt at the next step boundary and exits
+    non-zero (or passes a preemption signal on to the previous handler, see PREEMPT_SIGNALS)."""
 
     def __init__(self) -> None:
         self.received: int | None = None
         self._old = {}
 
+    def pass_on(self, signum: int) -> None:
+        """Call the handler that was there before us (e.g. submitit's checkpoint-and-requeue), if any."""
+        old = self._old.get(signum)
+        if callable(old):
+            old(signum, None)
+
     def __enter__(self):
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, signal.SIGTERM, *PREEMPT_SIGNALS):
             try:
                 self._old[sig] = signal.signal(sig, self._handle)
             except ValueError:  # not the main thread (e.g. some launchers): leave signals alone
@@ -99,36 +117,48 @@ def train(cfg: dict, run_dir: Path) -> dict:
     if cfg["threads"]:
         torch.set_num_threads(int(cfg["threads"]))
     seed_everything(int(cfg["seed"]), bool(tcfg.get("deterministic", True)))
-    device = resolve_device(cfg.get("device", "auto"))
+    world = distributed.current()
+    device = distributed.device_for(resolve_device(cfg.get("device", "auto")), world)
+    set_tf32(bool(tcfg["tf32"]))
     task, model, factory = build(cfg, prepare=True)
     info = model_info(model, factory)
     task.device = device
     model.to(device)
+    if world.enabled:
+        _check_world(task, world)
+        if world.rank:  # other dropout masks per rank (DDP copies rank 0's initial parameters to all)
+            torch.manual_seed(int(cfg["seed"]) + world.rank)
     max_steps = int(tcfg["max_steps"])
     optimizer = build_optimizer(model, cfg["optim"])
     scheduler = build_scheduler(optimizer, cfg["optim"], max_steps)
     ckpt_dir = run_dir / "checkpoints"
 
-    use_amp = bool(tcfg.get("amp")) and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda") if use_amp else None
+    amp_dtype = _amp_dtype(tcfg, device)
+    scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None  # bf16 needs none
     # ---- resume -------------------------------------------------------------------------------------
     step, best, history, carry, skipped, wandb_id = 0, None, [], None, 0, None
     running, train_time, timed_steps, elapsed = [], 0.0, 0, 0.0  # loss since the last record; timing so far
-    remove_stale_temp_files(ckpt_dir)  # of saves a kill interrupted
+    if world.main:
+        remove_stale_temp_files(ckpt_dir)  # of saves a kill interrupted
     resume_from = _resume_checkpoint(cfg["resume"], ckpt_dir)
     if resume_from is not None:
-        ckpt = load_checkpoint(resume_from, map_location=device)
+        # on the CPU: RNG states must stay CPU ByteTensors; the optimizer moves its state to the parameters
+        ckpt = load_checkpoint(resume_from, map_location="cpu")
         check_resumable(ckpt["config"], cfg, str(resume_from))
         source = (ckpt["config"].get("compress") or {}).get("source")  # `compress` is no resume key, but its source is
         if source != cfg["compress"]["source"]:
             raise UserError(f"resume: {run_dir} fine-tunes a compression of {source}, not of "
                             f"{cfg['compress']['source']}; start a new run")
-        model.load_state_dict(ckpt["model"])
+        model.load_state_dict(distributed.clean_state_dict(ckpt["model"]))
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
-        set_rng_state(ckpt["rng"])
+        ranks = ckpt.get("rng_ranks")
+        set_rng_state(ranks[world.rank] if ranks and len(ranks) == world.size else ckpt["rng"])
+        if world.rank and not (ranks and len(ranks) == world.size):  # saved by another world size
+            torch.manual_seed(int(cfg["seed"]) + world.rank + ckpt["step"])
         step, best, history = ckpt["step"], ckpt["best"], ckpt["history"]
-        carry, skipped, wandb_id = to_device(ckpt.get("carry"), device), ckpt.get("skipped", 0), ckpt.get("wandb_id")
+        carry = to_device(distributed.shard_state(ckpt.get("carry"), world), device)
+        skipped, wandb_id = ckpt.get("skipped", 0), ckpt.get("wandb_id")
         if scaler is not None and ckpt.get("scaler"):
             scaler.load_state_dict(ckpt["scaler"])
         progress_state = ckpt.get("progress") or {}
@@ -136,38 +166,50 @@ def train(cfg: dict, run_dir: Path) -> dict:
         train_time = progress_state.get("train_time", 0.0)
         timed_steps = progress_state.get("timed_steps", 0)
         elapsed = progress_state.get("elapsed", 0.0)
-        print(f"tensorlstm: resuming {run_dir} from {resume_from} at step {step}")
-    # metrics.jsonl holds exactly the records up to the step we start from (none for a fresh start), so records
-    # logged after the last checkpoint, a line cut by a kill, or a previous run's test record never appear twice
-    rewrite_metrics(run_dir, lambda r: r.get("step", 0) <= step and r.get("split") != "test")
-
-    logger = RunLogger(run_dir, cfg, cfg["logger"], run_id=wandb_id, elapsed=elapsed)
+        if world.main:
+            print(f"tensorlstm: resuming {run_dir} from {resume_from} at step {step}")
+    if world.main:
+        # metrics.jsonl holds exactly the records up to the step we start from (none for a fresh start), so
+        # records logged after the last checkpoint, a line cut by a kill, or a previous run's test record never
+        # appear twice
+        rewrite_metrics(run_dir, lambda r: r.get("step", 0) <= step and r.get("split") != "test")
+        logger = RunLogger(run_dir, cfg, cfg["logger"], run_id=wandb_id, elapsed=elapsed)
+    else:  # rank 0 alone writes the run dir, W&B and checkpoints
+        logger = distributed.NullLogger(wandb_id, elapsed)
     if resume_from is None:
         log.info("model: %s", json.dumps(info))
     # ---- warm start: tlstm compress initialises the model from a dense run (facts kept in every checkpoint) --
     warm = ckpt.get("warm_start") if resume_from is not None else None
 
     def checkpoint(name: str) -> Path:
+        # collective under DDP (every rank calls it): the full-batch carried state and every rank's RNG state
+        full_carry = distributed.gather_state(carry, world)
+        rngs = distributed.gather_objects(rng_state(), world)
+        path = ckpt_dir / name
+        if not world.main:
+            return path
         return save_checkpoint(
             {
                 "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
-                "rng": rng_state(),
+                "rng": rngs[0],
+                "rng_ranks": rngs if world.enabled else None,
                 "step": step,
                 "best": best,
                 "history": history,
-                "carry": map_state(lambda t: t.cpu(), carry),
+                "carry": map_state(lambda t: t.cpu(), full_carry),
                 "skipped": skipped,
                 "scaler": scaler.state_dict() if scaler is not None else None,
                 "config": cfg,
                 "wandb_id": logger.run_id,
                 "info": info,
+                "world_size": world.size,
                 "progress": {"running": list(running), "train_time": train_time, "timed_steps": timed_steps,
                              "elapsed": logger.elapsed()},
                 "warm_start": warm,
             },
-            ckpt_dir / name,
+            path,
         )
 
     def save_last() -> Path:
@@ -181,21 +223,27 @@ def train(cfg: dict, run_dir: Path) -> dict:
         warm = warm_start(cfg, task, model, factory, device)
         checkpoint("last.pt")  # step 0: resuming continues from the compressed model, never from a random init
 
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.float16)) if use_amp else nullcontext
+    train_model = distributed.wrap(model, device, world)  # the DDP wrapper trains; `model` evaluates
+    autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype is not None else nullcontext
     eval_every, log_every = int(tcfg["eval_every"]), int(tcfg["log_every"])
     checkpoint_every_s = tcfg["checkpoint_every_s"]
     last_saved = time.monotonic()
-    progress = Progress(tcfg, step, max_steps)
+    progress = Progress(tcfg if world.main else {**tcfg, "progress": False}, step, max_steps)
     exit_code = 0
     try:
         with _Signals() as signals, progress.redirect_logging():
             while step < max_steps:
                 t0 = time.perf_counter()
                 model.train()
-                batch = to_device(task.train_batch(step), device)
+                batch = to_device(distributed.shard(task.train_batch(step), world), device, device.type == "cuda")
                 with autocast():
-                    loss, stats, new_carry = task.loss(model, batch, carry if task.carries_state else None)
-                finite = bool(torch.isfinite(loss))
+                    loss, stats, new_carry = task.loss(train_model, batch, carry if task.carries_state else None)
+                due = bool(checkpoint_every_s) and time.monotonic() - last_saved >= checkpoint_every_s
+                if world.enabled:  # one all-reduce: the same decisions everywhere, the global loss and stats
+                    loss, stats, finite, stop_signal, due = _reduce_step(task, batch, loss, stats, signals, due,
+                                                                         world, device)
+                else:
+                    finite, stop_signal = bool(torch.isfinite(loss)), signals.received
                 if not finite and tcfg["nonfinite"] != "skip":
                     last = ckpt_dir / "last.pt"
                     raise TrainingStopped(
@@ -211,12 +259,14 @@ def train(cfg: dict, run_dir: Path) -> dict:
                         loss.backward()
                     _clip(model, tcfg)
                     if scaler is not None:
+                        scale = scaler.get_scale()
                         scaler.step(optimizer)
                         scaler.update()
+                        skipped += scaler.get_scale() < scale  # inf/NaN gradients: the scaler skipped the step
                     else:
                         optimizer.step()
                     carry = detach_state(new_carry) if task.carries_state else None
-                    running.append(float(loss.detach()))
+                    running.append(float(getattr(loss, "logged", loss.detach())))
                 else:  # skipped: no update, counted in the summary; the schedule still follows the step count
                     skipped += 1
                 scheduler.step()
@@ -232,11 +282,13 @@ def train(cfg: dict, run_dir: Path) -> dict:
                     progress.loss = record["loss"]
                 progress.update(step)
                 if step % eval_every == 0 or step == max_steps:
-                    metrics = _evaluate(task, model, "valid")
+                    metrics = _evaluate(task, model, "valid") if world.main else None
+                    metrics = distributed.broadcast(metrics, world)  # rank 0 evaluates; all decide alike
                     record = {"step": step, "split": "valid", **metrics}
                     history.append(record)
-                    images = [p for p in task.artifacts(model, run_dir, step) if str(p).endswith(".png")]
-                    logger.log(record, images)
+                    if world.main:
+                        images = [p for p in task.artifacts(model, run_dir, step) if str(p).endswith(".png")]
+                        logger.log(record, images)
                     log.info("step %d valid %s", step, json.dumps(rounded(metrics)))
                     value = metrics.get(task.metric)
                     if value is not None and is_better(float(value), best, task.higher_is_better):
@@ -247,13 +299,16 @@ def train(cfg: dict, run_dir: Path) -> dict:
                         log.info("step %d: valid %s=%s reached trainer.stop_at=%s; stopping", step, task.metric,
                                  value, tcfg["stop_at"])
                         break
-                elif checkpoint_every_s and time.monotonic() - last_saved >= checkpoint_every_s:
+                elif due:
                     save_last()  # between evaluations, so that a kill loses at most checkpoint_every_s of work
-                if signals.received is not None:
+                if stop_signal is not None:
                     path = save_last()
-                    name = signal.Signals(signals.received).name
-                    raise TrainingStopped(f"{name} at step {step}: saved {path}; resume with resume={run_dir}",
-                                          128 + signals.received)
+                    name = signal.Signals(stop_signal).name
+                    if stop_signal in PREEMPT_SIGNALS:
+                        logger.finish(128 + stop_signal)
+                        signals.pass_on(stop_signal)  # e.g. submitit requeues the job here
+                    raise TrainingStopped(f"{name} at step {step}: saved {path}; resume with resume={run_dir} "
+                                          "(or resume=auto)", 128 + stop_signal)
     except TrainingStopped as stop:
         exit_code = stop.exit_code
         raise
@@ -263,9 +318,11 @@ def train(cfg: dict, run_dir: Path) -> dict:
             logger.finish(exit_code)
 
     # ---- final test of the best checkpoint ----------------------------------------------------------
+    if not world.main:  # rank 0 tests and writes the summary; the others return it
+        return distributed.broadcast(None, world)
     best_path = ckpt_dir / "best.pt"
     if best_path.exists():
-        model.load_state_dict(load_checkpoint(best_path, map_location=device)["model"])
+        model.load_state_dict(distributed.clean_state_dict(load_checkpoint(best_path)["model"]))
     final_valid = history[-1] if history else {}
     test = _evaluate(task, model, "test") if tcfg["test_at_end"] else {}
     if test:
@@ -285,6 +342,8 @@ def train(cfg: dict, run_dir: Path) -> dict:
         "peak_memory_mb": round(peak_memory_mb(device), 1),
         "nonfinite_skipped": skipped,
         "device": str(device),
+        "world_size": world.size,
+        "amp_dtype": str(amp_dtype).removeprefix("torch.") if amp_dtype is not None else None,
         "wandb_id": logger.run_id,
         **task.summarize(history),
         **(warm or {}),
@@ -297,7 +356,67 @@ def train(cfg: dict, run_dir: Path) -> dict:
         logger.log_images([plot], step)
     logger.summary(summary)
     logger.finish(0)
-    return summary
+    return distributed.broadcast(summary, world)
+
+
+def set_tf32(enabled: bool) -> None:
+    """One TF32 setting for both kinds of GEMM: cuDNN's (the fused nn.LSTM/GRU baselines; torch's default is
+    on) and cuBLAS's (our cells and maps; torch's default is off). Mixed defaults would time the baseline in
+    TF32 against our cells in full fp32. No effect on the CPU."""
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    torch.backends.cudnn.allow_tf32 = enabled
+
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _amp_dtype(tcfg: dict, device: torch.device) -> torch.dtype | None:
+    """trainer.amp with trainer.amp_dtype: bf16 (CUDA and CPU autocast, no loss scaling) or fp16 (CUDA, with
+    a GradScaler); None when amp is off, or on a device without autocast for that dtype (then ignored)."""
+    if not tcfg["amp"]:
+        return None
+    name = tcfg["amp_dtype"]
+    if name not in AMP_DTYPES:
+        raise UserError(f"trainer.amp_dtype={name!r}; choose bf16 or fp16")
+    if device.type == "cuda" or (device.type == "cpu" and name == "bf16"):
+        return AMP_DTYPES[name]
+    log.warning("trainer.amp with %s is not supported on %s; training in fp32", name, device.type)
+    return None
+
+
+def _check_world(task, world: distributed.World) -> None:
+    """Carried TBPTT states are gathered into full-batch checkpoints, so their shards must be equal."""
+    rows = getattr(task, "batch_size", None)
+    if task.carries_state and rows is not None and rows % world.size:
+        fit = rows - rows % world.size or world.size
+        raise UserError(f"task.batch_size={rows} does not split into {world.size} equal shards; a task that carries "
+                        f"its state needs a multiple of the world size (e.g. task.batch_size={fit})")
+
+
+def _reduce_step(task, batch, loss: torch.Tensor, stats: dict, signals, due: bool, world: distributed.World,
+                 device: torch.device):
+    """All-reduce (terms, loss x terms, non-finite, signals, checkpoint due, stats x terms) over the ranks.
+
+    Returns the loss to backpropagate, reweighted by world * n_r / n so that DDP's average of the gradients
+    is the gradient of the global batch's loss (n_r: the terms of this rank's loss, `Task.loss_terms`), the
+    global stats (means over the global batch), and the decisions every rank then takes alike: finite, the
+    signal to stop on, and whether rank 0's clock says a time-based checkpoint is due."""
+    terms = float(task.loss_terms(batch))
+    local = float(loss.detach())
+    finite = math.isfinite(local)
+    keys = sorted(stats)
+    got = signals.received is not None
+    values = [terms, local * terms if finite else 0.0, 0.0 if finite else 1.0, float(got),
+              float(signals.received or 0), float(due and world.main), *[float(stats[k]) * terms for k in keys]]
+    total, loss_sum, nonfinite, n_sig, sig_sum, due_sum, *stat_sums = distributed.all_sum(values, device, world)
+    scaled = loss * (world.size * terms / total) if total > 0 else loss * 0.0
+    scaled.logged = loss_sum / total if total > 0 else 0.0
+    stats = {k: v / total if total > 0 else 0.0 for k, v in zip(keys, stat_sums)}
+    sig = None  # a signal on any rank stops every rank (the signal they got, or SIGTERM if they got different ones)
+    if n_sig:
+        mean = sig_sum / n_sig
+        sig = int(mean) if mean == int(mean) and int(mean) in set(signal.Signals) else int(signal.SIGTERM)
+    return scaled, stats, nonfinite == 0, sig, due_sum > 0
 
 
 def _reached(value, target, higher: bool) -> bool:

@@ -69,6 +69,14 @@ class Task:
     def evaluate(self, model: nn.Module, split: str) -> dict[str, float]:  # pragma: no cover
         raise NotImplementedError
 
+    def loss_terms(self, batch: Batch) -> float:
+        """How many terms the mean in ``loss`` runs over for this batch (data-parallel runs weight each rank's
+        loss by it). Default: the batch rows, right for a mean over rows or over a fixed number per row."""
+        for value in batch.values():
+            if isinstance(value, torch.Tensor) and value.dim() > 0:
+                return value.shape[0]
+        raise ValueError("a batch without a batched tensor: override Task.loss_terms")
+
     def artifacts(self, model: nn.Module, run_dir: Path, step: int) -> list[Path]:
         return []
 

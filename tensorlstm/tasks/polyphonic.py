@@ -126,6 +126,11 @@ class PolyphonicTask(Task):
         logits = model(inputs, n_pred.clamp(min=1))
         return logits, targets, mask
 
+    def loss_terms(self, batch: Batch) -> float:
+        """The loss is a mean over predicted frames (all of them with predict_first, else one fewer per roll)."""
+        lengths = batch["lengths"]
+        return float((lengths if self.predict_first else lengths - 1).clamp(min=0).sum())
+
     def loss(self, model: nn.Module, batch: Batch, state=None):
         logits, targets, mask = self._predict(model, batch["rolls"], batch["lengths"])
         total, count = masked_nll(logits, targets, mask)
