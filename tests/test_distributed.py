@@ -18,9 +18,9 @@ import time
 from pathlib import Path
 
 import pytest
+import tiny
 import torch
 from conftest import ROOT, TINY, TINY_RUN, train_inprocess
-from test_experiments import tiny_overrides
 
 from tensorlstm.cli import load_config, main
 from tensorlstm.engine import distributed
@@ -43,7 +43,7 @@ def _grads(model, loss) -> dict[str, torch.Tensor]:
 def test_rank_shards_reweighted_give_the_global_batch_gradient(name, tmp_path):
     """What the trainer does on each of 2 ranks (shard, loss x world n_r / n, DDP's mean of the gradients)
     equals the gradient of the whole batch in one process, for every task (carried TBPTT state included)."""
-    _, cfg = load_config([f"task={name}", *tiny_overrides(name, tmp_path), "task.batch_size=6"])
+    _, cfg = load_config([f"task={name}", *tiny.overrides(name, tmp_path), "task.batch_size=6"])
     torch.manual_seed(0)
     task, model, _ = build(cfg, prepare=True)
     model.eval()  # no dropout draws: the same function on the shards and on the whole batch
