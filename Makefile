@@ -26,7 +26,7 @@ lint: install
 	$(VENV)/bin/ruff check tensorlstm tests scripts
 
 bench: install  ## speed of maps and cells, as ratios to dense baselines measured in the same run
-	$(TLSTM) bench --out bench.json
+	$(TLSTM) bench --out docs/speed.md
 
 data-ucf11: install  ## download + extract UCF11 (needs internet and unrar/7z), decode it into the frame cache (resumable)
 	$(PY) scripts/prepare_ucf11.py --download --source $(UCF11_RAW) --out $(UCF11_CACHE)

@@ -11,6 +11,7 @@ from torch import nn
 from tensorlstm.cells import build_cell
 from tensorlstm.cells.fused_loop import GRUSequence, LSTMSequence, StepMatmul, _onednn_ok
 from tensorlstm.cells.recurrent import RecurrentLayer, StackedRecurrent
+from tensorlstm.defaults import cell_config
 from tensorlstm.tensor import build_map
 
 
@@ -46,16 +47,12 @@ def test_gru_sequence_gradcheck(masked):
 
 
 def _net(name: str, base: str, **kw) -> StackedRecurrent:
-    cfg = {"name": name, "base": base, "format": "dense" if name == "dense" else name, "rank": 2, "blocks": 2,
-           "d": 2, "in_modes": None, "hidden_modes": None, "hidden_size": None, "gate_mode": "first",
-           "factorize_hidden": False, "mode": "auto", "layers": 2, "dropout": 0.0, "recurrent_dropout": 0.0,
-           "gate_activation": "sigmoid", "reset_after": True, **kw}
     if name == "dense":  # the generic layer with a dense map (build_cell would pick torch.nn)
         G = 4 if base == "lstm" else 3
         return StackedRecurrent([RecurrentLayer(base, build_map("dense", [6 if i == 0 else 4], [G * 4]), 4,
                                                 recurrent_dropout=kw.get("recurrent_dropout", 0.0))
                                  for i in range(2)], {})
-    return build_cell(cfg, 6, 4)
+    return build_cell(cell_config(name, base=base, rank=2, d=2, layers=2, **kw), 6, 4)
 
 
 @pytest.mark.parametrize("case", [("dense", {}), ("dense", {"recurrent_dropout": 0.3}),

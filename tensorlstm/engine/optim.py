@@ -10,6 +10,27 @@ from torch import nn
 from tensorlstm.errors import UserError
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
+IMPLEMENTATIONS = ("auto", "fused", "foreach", "loop")
+FUSED = ("adam", "adamw", "sgd")  # torch has fused CPU and CUDA kernels for these
+
+
+def _implementation(name: str, impl: str, model: nn.Module) -> dict:
+    """Keyword arguments that select torch's optimizer kernel: `auto` takes the fused one where torch has it
+    for every parameter's device (one kernel over all tensors), else foreach (one op per step over the list);
+    `loop` is torch's per-parameter for-loop. The choice is fixed by the config, so a resumed run takes the same
+    kernel and stays bit-identical."""
+    if impl not in IMPLEMENTATIONS:
+        raise UserError(f"optim.implementation={impl!r}; choose one of: {', '.join(IMPLEMENTATIONS)}")
+    devices = {p.device.type for p in model.parameters()}
+    fusable = name in FUSED and devices <= {"cpu", "cuda"}
+    if impl == "fused" and not fusable:
+        raise UserError(f"optim.implementation=fused: torch has no fused {name} for {sorted(devices)}; "
+                        "use auto or foreach")
+    if impl == "loop":
+        return {"foreach": False}
+    if impl == "foreach" or not fusable:
+        return {"foreach": True}
+    return {"fused": True}
 SCHEDULES = ("constant", "cosine", "step", "inverse")
 
 
@@ -34,14 +55,17 @@ def build_optimizer(model: nn.Module, cfg: dict) -> torch.optim.Optimizer:
     name = cfg.get("name", "adam")
     lr = float(cfg.get("lr", 1e-3))
     groups = _param_groups(model, float(cfg.get("weight_decay", 0.0)), cfg.get("decay_params", "all"))
+    if name not in OPTIMIZERS:
+        raise UserError(f"unknown optim.name {name!r}; choose one of: {', '.join(OPTIMIZERS)}")
+    kernel = _implementation(name, cfg["implementation"], model)
     if name == "adam":
-        return torch.optim.Adam(groups, lr=lr, betas=tuple(cfg.get("betas", (0.9, 0.999))))
+        return torch.optim.Adam(groups, lr=lr, betas=tuple(cfg.get("betas", (0.9, 0.999))), **kernel)
     if name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, betas=tuple(cfg.get("betas", (0.9, 0.999))))
+        return torch.optim.AdamW(groups, lr=lr, betas=tuple(cfg.get("betas", (0.9, 0.999))), **kernel)
     if name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=float(cfg.get("momentum", 0.0)))
+        return torch.optim.SGD(groups, lr=lr, momentum=float(cfg.get("momentum", 0.0)), **kernel)
     if name == "rmsprop":
-        return torch.optim.RMSprop(groups, lr=lr, momentum=float(cfg.get("momentum", 0.0)))
+        return torch.optim.RMSprop(groups, lr=lr, momentum=float(cfg.get("momentum", 0.0)), **kernel)
     raise UserError(f"unknown optim.name {name!r}; choose one of: {', '.join(OPTIMIZERS)}")
 
 
