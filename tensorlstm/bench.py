@@ -389,13 +389,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds per section (default 9)")
     parser.add_argument("--sections", default="sequence,ucf11,maps,tlstm",
                         help="comma list of: sequence, ucf11, maps, tlstm")
-    parser.add_argument("--out", default=None, help="write the tables as markdown (e.g. docs/speed.md)")
+    parser.add_argument("--out", default=None, help="write the tables as markdown (e.g. docs/speed.md); "
+                        "a .json path writes the raw times instead")
     parser.add_argument("--json", default=None, help="write the raw per-round times as JSON")
     parser.add_argument("--device", default="cpu", help="cpu | cuda | auto")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     parser.add_argument("--timer", choices=("cpu", "wall"), default="cpu",
                         help="cpu: CPU time (default, steadiest when shared); wall: wall clock")
     args = parser.parse_args(argv)
+    if args.out and args.out.endswith(".json") and not args.json:  # --out x.json: the raw JSON, as before
+        args.json, args.out = args.out, None
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
     known = ("sequence", "ucf11", "maps", "tlstm")
     bad = sorted(set(sections) - set(known))
