@@ -14,7 +14,7 @@ from torch import nn
 from tensorlstm.cells.base import RecurrentNet
 from tensorlstm.data.binarized_mnist import load_binarized_mnist, read_amat
 from tensorlstm.data.idx import write_idx
-from tensorlstm.defaults import cell_config
+from tensorlstm.defaults import cell_config, group_config
 from tensorlstm.errors import UserError
 from tensorlstm.models.draw import (
     DRAW,
@@ -252,14 +252,12 @@ def test_larochelle_amat_and_missing_data_errors(tmp_path):
 
 # ---------------------------------------------------------------------------------------- the task
 def tiny_task_cfg(data_dir, **kw):
-    cfg = {
-        "name": "draw_mnist", "data_dir": str(data_dir), "valid_size": 20, "batch_size": 20,
-        "hidden_size": 24, "latent_size": 4, "glimpses": 4, "read_n": 2, "write_n": 3,
-        "eval_batch_size": 16, "num_samples": 6, "decoder_cell": None,
-        "cache_dir": str(Path(data_dir).parent / "cache"),  # never the user's ~/.cache
-    }
-    cfg.update(kw)
-    return cfg
+    """configs/task/draw_mnist.yaml at tiny sizes; the cache next to the data, never the user's ~/.cache."""
+    tiny = dict(data_dir=str(data_dir), valid_size=20, batch_size=20, hidden_size=24, latent_size=4, glimpses=4,
+                read_n=2, write_n=3, eval_batch_size=16, num_samples=6, decoder_cell=None,
+                hidden_modes=None, encoder_in_modes=None, decoder_in_modes=None,
+                cache_dir=str(Path(data_dir).parent / "cache"))
+    return group_config("task", "draw_mnist", **{**tiny, **kw})
 
 
 def test_decoder_cell_config_shorthands():
@@ -370,7 +368,7 @@ def test_paper_sized_encoders_have_the_formula_counts(cell, input_map):
         built.append(build_cell(cell, input_size, hidden_size, in_modes=in_modes, hidden_modes=hidden_modes))
         return built[-1]
 
-    cfg = {"decoder_cell": "lstm", "hidden_modes": [4, 4, 4, 4], "encoder_in_modes": [11, 4, 3, 2]}
+    cfg = group_config("task", "draw_mnist", decoder_cell="lstm")  # the task's defaults: Gregor's sizes
     model = DrawMNISTTask(cfg, seed=0).build_model(make)
     assert built == [model.encoder]
     assert model.encoder.input_map_params() == input_map

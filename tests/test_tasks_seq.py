@@ -20,7 +20,7 @@ from tensorlstm.cells import build_cell
 from tensorlstm.data.idx import load_mnist
 from tensorlstm.data.piano_roll import load_piano_rolls, pack_rolls, roll_from_sequence
 from tensorlstm.data.text import load_char_corpus, ptb_char_symbols, split_by_fractions
-from tensorlstm.defaults import cell_config
+from tensorlstm.defaults import cell_config, group_config
 from tensorlstm.errors import UserError
 from tensorlstm.tasks.char_lm import CharLMTask, bits_per_char
 from tensorlstm.tasks.mnist_seq import PermutedMNISTTask, SequentialMNISTTask, pixel_permutation
@@ -55,17 +55,9 @@ def mnist_dir(tmp_path_factory):
     return tiny_smnist.write_mnist(tmp_path_factory.mktemp("mnist"), n_train=300, n_test=60)
 
 
-def mnist_cfg(data_dir, **kw):
-    cfg = {
-        "name": "smnist",
-        "data_dir": str(data_dir),
-        "chunk": 16,
-        "valid_size": 50,
-        "batch_size": 16,
-        "eval_batch_size": 64,
-        "hidden_size": 16,
-    }
-    return cfg | kw
+def mnist_cfg(data_dir, name="smnist", **kw):
+    tiny = dict(data_dir=str(data_dir), chunk=16, valid_size=50, batch_size=16, eval_batch_size=64, hidden_size=16)
+    return group_config("task", name, **(tiny | kw))
 
 
 @pytest.mark.parametrize("gz", [True, False])
@@ -187,18 +179,9 @@ def test_text_readers_split_and_decode(tmp_path):
 
 
 def lm_cfg(data_dir, **kw):
-    cfg = {
-        "name": "char_lm",
-        "data_dir": str(data_dir),
-        "dataset": "tiny.txt",
-        "batch_size": 4,
-        "bptt": 8,
-        "eval_batch_size": 3,
-        "embed_size": 8,
-        "hidden_size": 16,
-        "sample_length": 30,
-    }
-    return cfg | kw
+    tiny = dict(data_dir=str(data_dir), dataset="tiny.txt", batch_size=4, bptt=8, eval_batch_size=3, embed_size=8,
+                hidden_size=16, sample_length=30)
+    return group_config("task", "char_lm", **(tiny | kw))
 
 
 @pytest.fixture(scope="module")
@@ -348,17 +331,9 @@ def test_nll_and_frame_accuracy_on_hand_made_cases():
 
 
 def poly_cfg(data_dir, **kw):
-    cfg = {
-        "name": "polyphonic",
-        "data_dir": str(data_dir),
-        "dataset": "JSB_Chorales",
-        "batch_size": 4,
-        "eval_batch_size": 5,
-        "embed_size": 16,
-        "hidden_size": 24,
-        "predict_first": True,
-    }
-    return cfg | kw
+    tiny = dict(data_dir=str(data_dir), dataset="JSB_Chorales", batch_size=4, eval_batch_size=5, embed_size=16,
+                hidden_size=24, in_modes=None, hidden_modes=None, predict_first=True)
+    return group_config("task", "polyphonic", **(tiny | kw))
 
 
 @pytest.fixture(scope="module")
@@ -444,7 +419,8 @@ def test_polyphonic_learns_on_tiny_data(poly_dir):
     ],
 )
 def test_missing_data_is_a_one_line_user_error(tmp_path, task_cls, cfg, expected):
-    cfg = {k: v.format(d=tmp_path) if isinstance(v, str) else v for k, v in cfg.items()}
+    cfg = group_config("task", task_cls.name, **{k: v.format(d=tmp_path) if isinstance(v, str) else v
+                                                 for k, v in cfg.items()})
     with pytest.raises(UserError) as err:
         task_cls(cfg, seed=0).prepare()
     message = str(err.value)

@@ -25,7 +25,7 @@ from tensorlstm.data.ucf11 import (
     scan_layout,
 )
 from tensorlstm.data.video import read_video, resample_indices
-from tensorlstm.defaults import cell_config
+from tensorlstm.defaults import cell_config, group_config
 from tensorlstm.errors import UserError
 from tensorlstm.tasks.ucf11 import UCF11Task
 
@@ -72,12 +72,10 @@ def _sha(path: Path) -> str:
 
 
 def task_cfg(data_dir: Path, **kw) -> dict:
-    cfg = dict(name="ucf11", data_dir=str(data_dir), frame_size=[16, 12], input_size=576,
-               in_modes=[4, 6, 6, 4], hidden_size=16, hidden_modes=[2, 2, 2, 2], num_classes=3,
-               protocol="group", num_folds=3,
-               batch_size=4, eval_batch_size=8, dropout=0.0, l2_classifier=1e-2)
-    cfg.update(kw)
-    return cfg
+    tiny = dict(data_dir=str(data_dir), frame_size=[16, 12], input_size=576, in_modes=[4, 6, 6, 4], hidden_size=16,
+                hidden_modes=[2, 2, 2, 2], num_classes=3, protocol="group", num_folds=3, batch_size=4,
+                eval_batch_size=8, dropout=0.0, l2_classifier=1e-2)
+    return group_config("task", "ucf11", **{**tiny, **kw})
 
 
 def cell_cfg(name: str = "lstm", **kw) -> dict:

@@ -52,31 +52,31 @@ def _param_groups(model: nn.Module, weight_decay: float, which: str) -> list[dic
 
 
 def build_optimizer(model: nn.Module, cfg: dict) -> torch.optim.Optimizer:
-    name = cfg.get("name", "adam")
-    lr = float(cfg.get("lr", 1e-3))
-    groups = _param_groups(model, float(cfg.get("weight_decay", 0.0)), cfg.get("decay_params", "all"))
+    name = cfg["name"]
+    lr = float(cfg["lr"])
+    groups = _param_groups(model, float(cfg["weight_decay"]), cfg["decay_params"])
     if name not in OPTIMIZERS:
         raise UserError(f"unknown optim.name {name!r}; choose one of: {', '.join(OPTIMIZERS)}")
     kernel = _implementation(name, cfg["implementation"], model)
     if name == "adam":
-        return torch.optim.Adam(groups, lr=lr, betas=tuple(cfg.get("betas", (0.9, 0.999))), **kernel)
+        return torch.optim.Adam(groups, lr=lr, betas=tuple(cfg["betas"]), **kernel)
     if name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, betas=tuple(cfg.get("betas", (0.9, 0.999))), **kernel)
+        return torch.optim.AdamW(groups, lr=lr, betas=tuple(cfg["betas"]), **kernel)
     if name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=float(cfg.get("momentum", 0.0)), **kernel)
+        return torch.optim.SGD(groups, lr=lr, momentum=float(cfg["momentum"]), **kernel)
     if name == "rmsprop":
-        return torch.optim.RMSprop(groups, lr=lr, momentum=float(cfg.get("momentum", 0.0)), **kernel)
+        return torch.optim.RMSprop(groups, lr=lr, momentum=float(cfg["momentum"]), **kernel)
     raise UserError(f"unknown optim.name {name!r}; choose one of: {', '.join(OPTIMIZERS)}")
 
 
 def lr_factor(cfg: dict, max_steps: int):
     """The multiplier of the base lr at a given step (warm-up, then the schedule)."""
-    schedule = cfg.get("schedule", "constant")
+    schedule = cfg["schedule"]
     if schedule not in SCHEDULES:
         raise UserError(f"unknown optim.schedule {schedule!r}; choose one of: {', '.join(SCHEDULES)}")
-    warmup = int(cfg.get("warmup_steps", 0))
-    lr = float(cfg.get("lr", 1e-3))
-    min_ratio = float(cfg.get("min_lr", 0.0)) / lr if lr > 0 else 0.0
+    warmup = int(cfg["warmup_steps"])
+    lr = float(cfg["lr"])
+    min_ratio = float(cfg["min_lr"]) / lr if lr > 0 else 0.0
 
     def factor(step: int) -> float:
         if step < warmup:
@@ -86,9 +86,9 @@ def lr_factor(cfg: dict, max_steps: int):
             progress = min(1.0, s / max(1, max_steps - warmup))
             return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
         if schedule == "step":
-            return float(cfg.get("gamma", 0.5)) ** (s // max(1, int(cfg.get("step_size", 1000))))
+            return float(cfg["gamma"]) ** (s // max(1, int(cfg["step_size"])))
         if schedule == "inverse":
-            return 1.0 / (1.0 + float(cfg.get("decay", 0.0)) * s)
+            return 1.0 / (1.0 + float(cfg["decay"]) * s)
         return 1.0
 
     return factor

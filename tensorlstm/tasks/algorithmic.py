@@ -48,7 +48,7 @@ class GeneratedSequenceTask(Task):
 
     def __init__(self, cfg: dict, seed: int) -> None:
         super().__init__(cfg, seed)
-        self.batch_size = int(cfg.get("batch_size", 32))
+        self.batch_size = int(cfg["batch_size"])
         self.splits: dict[str, tuple[torch.Tensor, ...]] = {}
 
     def generate(self, gen: torch.Generator, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -56,7 +56,7 @@ class GeneratedSequenceTask(Task):
         raise NotImplementedError
 
     def build_model(self, make_cell: CellFactory) -> nn.Module:
-        return SequenceClassifierHead(self.vocab, self.classes, make_cell, int(self.cfg.get("hidden_size", 128)))
+        return SequenceClassifierHead(self.vocab, self.classes, make_cell, int(self.cfg["hidden_size"]))
 
     def _gen(self, salt: int) -> torch.Generator:
         return torch.Generator().manual_seed((self.seed * 1_000_003 + salt) % (2**63 - 1))
@@ -84,7 +84,7 @@ class GeneratedSequenceTask(Task):
         x, y, m = self.splits[split]
         n_sym = n_ok = n_seq = 0
         total_loss = 0.0
-        bs = int(self.cfg.get("eval_batch_size", 500))
+        bs = int(self.cfg["eval_batch_size"])
         for i in range(0, x.shape[0], bs):
             xb, yb, mb = (t[i : i + bs].to(self.device) for t in (x, y, m))
             logits = model(xb)
@@ -97,7 +97,7 @@ class GeneratedSequenceTask(Task):
 
     def summarize(self, history: list[dict]) -> dict:
         """samples_to_99: training samples seen when validation seq_accuracy first reached 0.99 (else null)."""
-        threshold = float(self.cfg.get("solved_threshold", 0.99))
+        threshold = float(self.cfg["solved_threshold"])
         for record in history:
             if record.get("seq_accuracy", 0.0) >= threshold:
                 return {"samples_to_99": record["step"] * self.batch_size}
@@ -109,10 +109,10 @@ class AdditionTask(GeneratedSequenceTask):
 
     def __init__(self, cfg: dict, seed: int) -> None:
         super().__init__(cfg, seed)
-        self.digits = int(cfg.get("digits", 15))
+        self.digits = int(cfg["digits"])
         if not 1 <= self.digits <= 18:
             raise UserError(f"task.digits={self.digits}: choose 1 to 18 digits (addition sums are exact in int64)")
-        self.reverse = bool(cfg.get("reverse_digits", False))
+        self.reverse = bool(cfg["reverse_digits"])
         self.vocab = 11  # 0-9 and '-'
         self.classes = 10
 
@@ -138,8 +138,8 @@ class MemorizationTask(GeneratedSequenceTask):
 
     def __init__(self, cfg: dict, seed: int) -> None:
         super().__init__(cfg, seed)
-        self.length = int(cfg.get("length", 20))
-        self.classes = int(cfg.get("symbols", 65))
+        self.length = int(cfg["length"])
+        self.classes = int(cfg["symbols"])
         if self.length < 1 or self.classes < 2:
             raise UserError(f"task.length={self.length}, task.symbols={self.classes}: need length >= 1, symbols >= 2")
         self.vocab = self.classes + 1  # + the blank '-'

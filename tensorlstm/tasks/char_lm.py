@@ -76,9 +76,9 @@ class CharLMTask(Task):
 
     def __init__(self, cfg: dict, seed: int) -> None:
         super().__init__(cfg, seed)
-        self.batch_size = int(cfg.get("batch_size", 32))
-        self.eval_batch_size = int(cfg.get("eval_batch_size", 16))
-        self.bptt = int(cfg.get("bptt", 100))
+        self.batch_size = int(cfg["batch_size"])
+        self.eval_batch_size = int(cfg["eval_batch_size"])
+        self.bptt = int(cfg["bptt"])
         if min(self.batch_size, self.eval_batch_size, self.bptt) < 1:
             raise UserError("task.batch_size, task.eval_batch_size and task.bptt must be >= 1")
         self.corpus: CharCorpus | None = None
@@ -90,32 +90,32 @@ class CharLMTask(Task):
         Never read from the data, so the model is the same whether it is built before or after prepare()
         (train, eval and ``tlstm info`` agree). A plain text file with fewer symbols leaves spare outputs that
         training pushes down; set task.vocab_size to its symbol count to drop them."""
-        configured = self.cfg.get("vocab_size")
+        configured = self.cfg["vocab_size"]
         if configured:
             return int(configured)
-        return KNOWN_VOCAB_SIZES.get(str(self.cfg.get("dataset")), 256)
+        return KNOWN_VOCAB_SIZES.get(str(self.cfg["dataset"]), 256)
 
     def build_model(self, make_cell: CellFactory) -> nn.Module:
         vocab = self.vocab_size()
-        embed = self.cfg.get("embed_size")
+        embed = self.cfg["embed_size"]
         input_size = int(embed) if embed else vocab
         rnn = make_cell(
             input_size,
-            int(self.cfg.get("hidden_size", 512)),
-            in_modes=self.cfg.get("in_modes"),
-            hidden_modes=self.cfg.get("hidden_modes"),
+            int(self.cfg["hidden_size"]),
+            in_modes=self.cfg["in_modes"],
+            hidden_modes=self.cfg["hidden_modes"],
         )
         return CharLanguageModel(
-            rnn, vocab, int(embed) if embed else None, float(self.cfg.get("dropout", 0.0))
+            rnn, vocab, int(embed) if embed else None, float(self.cfg["dropout"])
         )
 
     # -- data ------------------------------------------------------------------------------------
     def prepare(self) -> None:
         self.corpus = load_char_corpus(
-            self.cfg.get("data_dir", "data/ptb"),
-            str(self.cfg.get("dataset", "ptb_char")),
-            level=str(self.cfg.get("level", "char")),
-            fractions=self.cfg.get("split") or STANDARD_SPLIT,
+            self.cfg["data_dir"],
+            str(self.cfg["dataset"]),
+            level=str(self.cfg["level"]),
+            fractions=self.cfg["split"] or STANDARD_SPLIT,
         )
         if self.corpus.vocab_size > self.vocab_size():
             raise UserError(
@@ -153,7 +153,7 @@ class CharLMTask(Task):
 
     def _eval_stream(self, split: str) -> torch.Tensor:
         ids = self.corpus.split(split)
-        limit = self.cfg.get("valid_max_chars")
+        limit = self.cfg["valid_max_chars"]
         if split == "valid" and limit:
             ids = ids[: int(limit) + 1]
         return ids
@@ -201,16 +201,16 @@ class CharLMTask(Task):
 
     def artifacts(self, model: nn.Module, run_dir: Path, step: int) -> list[Path]:
         """Write `sample_<step>.txt`: a prime from the validation text and the model's continuation."""
-        length = int(self.cfg.get("sample_length", 500))
+        length = int(self.cfg["sample_length"])
         if length <= 0 or self.corpus is None:
             return []
-        prime = self.corpus.valid[: max(1, int(self.cfg.get("sample_prime", 50)))]
+        prime = self.corpus.valid[: max(1, int(self.cfg["sample_prime"]))]
         drawn = self.sample(
             model,
             length,
             prime,
             torch.Generator().manual_seed(self.seed * 7919 + step),
-            float(self.cfg.get("sample_temperature", 1.0)),
+            float(self.cfg["sample_temperature"]),
         )
         path = Path(run_dir) / f"sample_{step}.txt"
         path.write_text(

@@ -86,12 +86,12 @@ class DrawMNISTTask(Task):
         self.shape = DrawShape(
             height=28,
             width=28,
-            latent_size=int(cfg.get("latent_size", 100)),
-            glimpses=int(cfg.get("glimpses", 64)),
-            attention=bool(cfg.get("attention", True)),
-            read_n=int(cfg.get("read_n", 2)),
-            write_n=int(cfg.get("write_n", 5)),
-            learned_canvas=bool(cfg.get("learned_canvas", False)),
+            latent_size=int(cfg["latent_size"]),
+            glimpses=int(cfg["glimpses"]),
+            attention=bool(cfg["attention"]),
+            read_n=int(cfg["read_n"]),
+            write_n=int(cfg["write_n"]),
+            learned_canvas=bool(cfg["learned_canvas"]),
         )
         s = self.shape
         if s.glimpses < 1 or s.latent_size < 1 or s.read_n < 1 or s.write_n < 1:
@@ -99,32 +99,32 @@ class DrawMNISTTask(Task):
                 f"task.glimpses, latent_size, read_n and write_n must be >= 1 "
                 f"(got {s.glimpses}, {s.latent_size}, {s.read_n}, {s.write_n})"
             )
-        self.binarization = str(cfg.get("binarization", "fixed"))
+        self.binarization = str(cfg["binarization"])
         if self.binarization not in ("fixed", "dynamic", "larochelle"):
             raise UserError(
                 f"unknown task.binarization {self.binarization!r}; choose fixed, dynamic or larochelle"
             )
-        self.batch_size = int(cfg.get("batch_size", 64))
-        self.eval_batch_size = int(cfg.get("eval_batch_size", 500))
+        self.batch_size = int(cfg["batch_size"])
+        self.eval_batch_size = int(cfg["eval_batch_size"])
         self.data: dict[str, np.ndarray] | None = None
         self._epoch_perm: tuple[int, np.ndarray] | None = None
 
     # ------------------------------------------------------------------------------------------ model
     def build_model(self, make_cell: CellFactory) -> nn.Module:
         cfg = self.cfg
-        hidden = int(cfg.get("hidden_size", 256))
-        dec_hidden = int(cfg.get("decoder_hidden_size") or hidden)
-        hidden_modes = cfg.get("hidden_modes")
+        hidden = int(cfg["hidden_size"])
+        dec_hidden = int(cfg["decoder_hidden_size"] or hidden)
+        hidden_modes = cfg["hidden_modes"]
         dec_hidden_modes = hidden_modes if dec_hidden == hidden else None
-        spec = cfg.get("decoder_cell")
-        latent, dec_modes = self.shape.latent_size, cfg.get("decoder_in_modes")
+        spec = cfg["decoder_cell"]
+        latent, dec_modes = self.shape.latent_size, cfg["decoder_in_modes"]
         if spec is None:  # the user's cell config for both
             decoder = make_cell(latent, dec_hidden, in_modes=dec_modes, hidden_modes=dec_hidden_modes)
         else:
-            dcfg = decoder_cell_config(spec, cfg.get("decoder_rank"))
+            dcfg = decoder_cell_config(spec, cfg["decoder_rank"])
             decoder = build_cell(dcfg, latent, dec_hidden, in_modes=dec_modes, hidden_modes=dec_hidden_modes)
         enc_in = self.shape.encoder_input_size(decoder.output_size)
-        encoder = make_cell(enc_in, hidden, in_modes=cfg.get("encoder_in_modes"), hidden_modes=hidden_modes)
+        encoder = make_cell(enc_in, hidden, in_modes=cfg["encoder_in_modes"], hidden_modes=hidden_modes)
         for net, what in ((encoder, "encoder"), (decoder, "decoder")):
             if not isinstance(net, RecurrentNet):
                 raise UserError(f"the DRAW {what} must be a recurrent net (a cell), got {type(net).__name__}")
@@ -136,11 +136,11 @@ class DrawMNISTTask(Task):
             return
         cfg = self.cfg
         self.data = load_binarized_mnist(
-            cfg.get("data_dir", "data/mnist"),
+            cfg["data_dir"],
             binarization=self.binarization,
-            seed=int(cfg.get("binarize_seed", 0)),
-            valid_size=int(cfg.get("valid_size", 10000)),
-            cache_dir=cfg.get("cache_dir"),
+            seed=int(cfg["binarize_seed"]),
+            valid_size=int(cfg["valid_size"]),
+            cache_dir=cfg["cache_dir"],
         )
         if len(self.data["train"]) < self.batch_size:
             n = len(self.data["train"])
@@ -184,10 +184,10 @@ class DrawMNISTTask(Task):
         if split not in ("valid", "test"):
             raise ValueError(f"unknown split {split!r}")
         images = self.data[split]
-        limit = self.cfg.get("valid_max_images")
+        limit = self.cfg["valid_max_images"]
         if limit and split == "valid":
             images = images[: int(limit)]
-        samples = max(1, int(self.cfg.get("eval_samples", 1)))
+        samples = max(1, int(self.cfg["eval_samples"]))
         was_training = model.training
         model.eval()
         gen = torch.Generator(device=self.device).manual_seed(self.seed + (1 if split == "valid" else 2))
@@ -222,7 +222,7 @@ class DrawMNISTTask(Task):
         """``samples_<step>.png`` (final canvases) and ``canvas_<step>.png`` (rows: samples, columns:
         the canvas after successive glimpses, at most 32 columns evenly spaced, the last one included)."""
         run_dir = Path(run_dir)
-        n = int(self.cfg.get("num_samples", 64))
+        n = int(self.cfg["num_samples"])
         seq = self._generate(model, n, seed=self.seed + 3)  # the same noise at every step shows progress
         samples = save_grid(seq[-1], run_dir / f"samples_{step}.png", ncol=int(np.ceil(np.sqrt(n))),
                             label=f"DRAW samples from the prior, step {step:,}")

@@ -60,14 +60,14 @@ class SequentialMNISTTask(Task):
 
     def __init__(self, cfg: dict, seed: int) -> None:
         super().__init__(cfg, seed)
-        self.chunk = int(cfg.get("chunk", 1))
+        self.chunk = int(cfg["chunk"])
         if self.chunk < 1 or NUM_PIXELS % self.chunk:
             divisors = [d for d in range(1, NUM_PIXELS + 1) if NUM_PIXELS % d == 0]
             raise UserError(
                 f"task.chunk={self.chunk} must divide 784 (pixels per step); choose one of {divisors}"
             )
-        self.batch_size = int(cfg.get("batch_size", 100))
-        self.eval_batch_size = int(cfg.get("eval_batch_size", 1000))
+        self.batch_size = int(cfg["batch_size"])
+        self.eval_batch_size = int(cfg["eval_batch_size"])
         if self.batch_size < 1 or self.eval_batch_size < 1:
             raise UserError("task.batch_size and task.eval_batch_size must be >= 1")
         self.data: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -80,29 +80,29 @@ class SequentialMNISTTask(Task):
     def build_model(self, make_cell: CellFactory) -> nn.Module:
         rnn = make_cell(
             self.chunk,
-            int(self.cfg.get("hidden_size", 128)),
-            in_modes=self.cfg.get("in_modes"),
-            hidden_modes=self.cfg.get("hidden_modes"),
+            int(self.cfg["hidden_size"]),
+            in_modes=self.cfg["in_modes"],
+            hidden_modes=self.cfg["hidden_modes"],
         )
         return PixelSequenceClassifier(rnn, self.chunk, self.pixel_order())
 
     # -- data ------------------------------------------------------------------------------------
     def prepare(self) -> None:
-        data_dir = self.cfg.get("data_dir", "data/mnist")
+        data_dir = self.cfg["data_dir"]
         images, labels = load_mnist(data_dir, "train")
         images = torch.from_numpy(images.reshape(len(images), NUM_PIXELS).copy())
         labels = torch.from_numpy(labels)
-        valid_size = int(self.cfg.get("valid_size", 5000))
+        valid_size = int(self.cfg["valid_size"])
         if not 0 < valid_size < len(images):
             raise UserError(
                 f"task.valid_size={valid_size} must be between 1 and {len(images) - 1} "
                 f"(the training set has {len(images)} images)"
             )
-        split_seed = self.cfg.get("split_seed")
+        split_seed = self.cfg["split_seed"]
         split_seed = self.seed if split_seed is None else int(split_seed)
         perm = torch.randperm(len(images), generator=seeded_generator(split_seed, 5151))
         valid_idx, train_idx = perm[:valid_size].sort().values, perm[valid_size:].sort().values
-        max_train = self.cfg.get("max_train")
+        max_train = self.cfg["max_train"]
         if max_train is not None:
             train_idx = train_idx[: int(max_train)]
         self.data["train"] = (images[train_idx].contiguous(), labels[train_idx].contiguous())
@@ -158,4 +158,4 @@ class PermutedMNISTTask(SequentialMNISTTask):
     name = "pmnist"
 
     def pixel_order(self) -> torch.Tensor | None:
-        return pixel_permutation(int(self.cfg.get("permutation_seed", 0)))
+        return pixel_permutation(int(self.cfg["permutation_seed"]))

@@ -78,8 +78,8 @@ class PolyphonicTask(Task):
 
     def __init__(self, cfg: dict, seed: int) -> None:
         super().__init__(cfg, seed)
-        self.batch_size = int(cfg.get("batch_size", 16))
-        self.eval_batch_size = int(cfg.get("eval_batch_size", 64))
+        self.batch_size = int(cfg["batch_size"])
+        self.eval_batch_size = int(cfg["eval_batch_size"])
         if self.batch_size < 1 or self.eval_batch_size < 1:
             raise UserError("task.batch_size and task.eval_batch_size must be >= 1")
         self.predict_first = bool(cfg["predict_first"])
@@ -87,19 +87,19 @@ class PolyphonicTask(Task):
         self._epoch_order = EpochOrder(self.seed)
 
     def build_model(self, make_cell: CellFactory) -> nn.Module:
-        embed = int(self.cfg.get("embed_size", 256))
+        embed = int(self.cfg["embed_size"])
         rnn = make_cell(
             embed,
-            int(self.cfg.get("hidden_size", 512)),
-            in_modes=self.cfg.get("in_modes"),
-            hidden_modes=self.cfg.get("hidden_modes"),
+            int(self.cfg["hidden_size"]),
+            in_modes=self.cfg["in_modes"],
+            hidden_modes=self.cfg["hidden_modes"],
         )
-        return PianoRollModel(rnn, embed, float(self.cfg.get("dropout", 0.0)))
+        return PianoRollModel(rnn, embed, float(self.cfg["dropout"]))
 
     # -- data ------------------------------------------------------------------------------------
     def prepare(self) -> None:
         self.data = load_piano_rolls(
-            self.cfg.get("data_dir", "data/polyphonic"), str(self.cfg.get("dataset", "JSB_Chorales"))
+            self.cfg["data_dir"], str(self.cfg["dataset"])
         )
 
     @property

@@ -76,38 +76,38 @@ class UCF11Task(Task):
 
     def __init__(self, cfg: dict, seed: int) -> None:
         super().__init__(cfg, seed)
-        self.protocol = cfg.get("protocol", "group")
+        self.protocol = cfg["protocol"]
         if self.protocol not in PROTOCOLS:
             raise UserError(f"unknown task.protocol {self.protocol!r}; choose one of: {', '.join(PROTOCOLS)}")
-        width, height = (int(v) for v in cfg.get("frame_size", (160, 120)))
+        width, height = (int(v) for v in cfg["frame_size"])
         self.frame_size = (width, height)
-        self.input_size = int(cfg.get("input_size", width * height * 3))
+        self.input_size = int(cfg["input_size"])
         if self.input_size != width * height * 3:
             raise UserError(
                 f"task.input_size={self.input_size} does not match task.frame_size={width}x{height} "
                 f"({width}*{height}*3 = {width * height * 3}): set task.input_size={width * height * 3} "
                 "and task.in_modes to modes with that product"
             )
-        self.frames = self._frames_per_clip(cfg.get("frames", "auto"))
-        fps = cfg.get("fps", "auto")
+        self.frames = self._frames_per_clip(cfg["frames"])
+        fps = cfg["fps"]
         if fps == "auto":
             fps = 24.0 if self.protocol == "yang2017" else None
         try:
             self.fps: float | None = None if fps is None else float(fps)
         except ValueError:
             raise UserError(f"task.fps={fps!r} must be a frame rate, null or 'auto'") from None
-        self.max_frames = int(cfg.get("max_frames", 1492))
-        self.batch_size = int(cfg.get("batch_size", 16))
-        self.eval_batch_size = int(cfg.get("eval_batch_size", 32))
-        self.eval_frame_budget = int(cfg.get("eval_frame_budget", 4096))
-        self.l2 = float(cfg.get("l2_classifier", 1e-2))
-        self.normalize = cfg.get("normalize", "center")
+        self.max_frames = int(cfg["max_frames"])
+        self.batch_size = int(cfg["batch_size"])
+        self.eval_batch_size = int(cfg["eval_batch_size"])
+        self.eval_frame_budget = int(cfg["eval_frame_budget"])
+        self.l2 = float(cfg["l2_classifier"])
+        self.normalize = cfg["normalize"]
         if self.normalize not in NORMALIZATIONS:
             raise UserError(f"unknown task.normalize {self.normalize!r}; "
                             f"choose one of: {', '.join(NORMALIZATIONS)}")
         self.pixel_mean = torch.full((3,), 127.5)
         self.pixel_scale = torch.full((3,), 127.5)
-        self.prefetch = int(cfg.get("prefetch", 2))
+        self.prefetch = int(cfg["prefetch"])
         self._executor: ThreadPoolExecutor | None = None
         self._pending: dict[int, Future] = {}
         self.cache: FrameCache | None = None
@@ -126,25 +126,25 @@ class UCF11Task(Task):
     # ------------------------------------------------------------------------------------------ model
     def build_model(self, make_cell: CellFactory) -> nn.Module:
         cfg = self.cfg
-        rnn = make_cell(self.input_size, int(cfg.get("hidden_size", 256)),
-                        in_modes=cfg.get("in_modes"), hidden_modes=cfg.get("hidden_modes"))
-        return FrameClassifier(rnn, int(cfg.get("num_classes", 11)), float(cfg.get("dropout", 0.25)),
+        rnn = make_cell(self.input_size, int(cfg["hidden_size"]),
+                        in_modes=cfg["in_modes"], hidden_modes=cfg["hidden_modes"])
+        return FrameClassifier(rnn, int(cfg["num_classes"]), float(cfg["dropout"]),
                                self.pixel_mean, self.pixel_scale)
 
     # ------------------------------------------------------------------------------------------- data
     def prepare(self) -> None:
         cfg = self.cfg
-        self.cache = cache = FrameCache(cfg.get("data_dir", "data/ucf11"))
-        num_classes = int(cfg.get("num_classes", 11))
+        self.cache = cache = FrameCache(cfg["data_dir"])
+        num_classes = int(cfg["num_classes"])
         if len(cache.classes) != num_classes:
             raise UserError(f"the cache in {cache.dir} has {len(cache.classes)} classes "
                             f"({', '.join(cache.classes)}) but task.num_classes={num_classes}; "
                             f"set task.num_classes={len(cache.classes)}")
         self.splits = make_splits(
-            cache.labels, cache.groups, self.protocol, seed=int(cfg.get("split_seed", 11111986)),
-            fold=int(cfg.get("fold", 0)), num_folds=int(cfg.get("num_folds", 5)),
-            test_fraction=float(cfg.get("test_fraction", 0.2)),
-            valid_fraction=float(cfg.get("valid_fraction", 0.1)),
+            cache.labels, cache.groups, self.protocol, seed=int(cfg["split_seed"]),
+            fold=int(cfg["fold"]), num_folds=int(cfg["num_folds"]),
+            test_fraction=float(cfg["test_fraction"]),
+            valid_fraction=float(cfg["valid_fraction"]),
         )
         self._timelines: dict[int, np.ndarray] = {}
         if self.normalize == "channel_mean":
@@ -301,7 +301,7 @@ class UCF11Task(Task):
             return {}
         return {
             "protocol": self.protocol,
-            "fold": None if self.protocol == "ye2018" else int(self.cfg.get("fold", 0)),
+            "fold": None if self.protocol == "ye2018" else int(self.cfg["fold"]),
             "frames_per_clip": self.frames if self.frames is not None else "all",
             "clips": {name: int(len(idx)) for name, idx in self.splits.items()},
         }
