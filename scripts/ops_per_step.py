@@ -108,13 +108,17 @@ def main() -> None:
                "aten_ops_per_step": round((a2 - a1) / args.steps, 1),
                "cuda_kernels_per_step": round((k2 - k1) / args.steps, 1) if device.type == "cuda" else None,
                "ms_per_step": round(1e3 * (s2 - s1) / args.steps, 3)}
-        rows.append(row)
-        print(json.dumps(row), flush=True)
+        emit(rows, row, args.out)
     if args.compile:
-        rows.append(compile_probe(args, device))
-        print(json.dumps(rows[-1]), flush=True)
-    if args.out:
-        with open(args.out, "w") as f:
+        emit(rows, compile_probe(args, device), args.out)
+
+
+def emit(rows: list, row: dict, out: str | None) -> None:
+    """Print the row and rewrite --out with every row so far (a timeout keeps what was measured)."""
+    rows.append(row)
+    print(json.dumps(row), flush=True)
+    if out:
+        with open(out, "w") as f:
             json.dump(rows, f, indent=2)
 
 

@@ -169,3 +169,35 @@ def test_train_outside_torchrun_refuses_a_world_without_rendezvous(tmp_path, mon
     assert exit_info.value.code == 2
     assert "torchrun" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_preemption_signal_saves_last_pt_then_hands_over_to_the_previous_handler(tmp_path):
+    """SIGUSR1 mid-run (SLURM's warning before a time limit): last.pt at the next step, then the handler that was
+    installed before the run (submitit's requeue) is called; resume=auto then continues the run."""
+    import threading
+
+    called = []
+    old = signal.signal(signal.SIGUSR1, lambda signum, frame: called.append(signum))
+    run = tmp_path / "run"
+    slow = ["trainer.max_steps=150", "trainer.eval_every=20", "task.hidden_size=32", "cell=tt", "rank=3"]
+
+    def send_when_checkpointed():
+        deadline = time.time() + 120
+        while not (run / "checkpoints" / "last.pt").exists() and time.time() < deadline:
+            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGUSR1)
+
+    sender = threading.Thread(target=send_when_checkpointed)
+    sender.start()
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            train_inprocess(run, *slow)
+    finally:
+        sender.join()
+        signal.signal(signal.SIGUSR1, old)
+    assert exit_info.value.code == 128 + signal.SIGUSR1
+    assert called == [signal.SIGUSR1]  # passed on after the checkpoint
+    stopped_at = load_checkpoint(run / "checkpoints" / "last.pt")["step"]
+    assert 20 <= stopped_at < 150 and not (run / "summary.json").exists()
+    summary = train_inprocess(run, *slow, "resume=auto")
+    assert summary["steps"] == 150
