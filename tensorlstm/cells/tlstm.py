@@ -121,8 +121,7 @@ class TensorizedLSTM(RecurrentNet):
         """x_terms: (B, pairs, M^o) from ``_input_terms``; h, c: (B, N, M) -> new (h, c) (ccn: and ``past``,
         the per-depth moments of the last L - 1 steps, see ``causal_normalize``)."""
         B, N, M = h.shape
-        source = F.pad(h, (0, 0, 0, 1))  # H_{t-1} and a zero row (zero padding)
-        patches = source[:, self.hidden_table].view(B * N, -1)  # im2col: (B N, taps * M)
+        patches = self._patches(h)
         weight = self.weight.view(-1, self.weight.shape[-1])
         if self.norm != "none" and torch.is_autocast_enabled(h.device.type):
             # the normalisation cancels the common part of A_t, leaving bf16/fp16 rounding as the signal
@@ -133,6 +132,17 @@ class TensorizedLSTM(RecurrentNet):
         else:
             a = torch.addmm(self.bias, patches, weight).view(B, N, -1)
             a = a.index_add(1, self.input_locations, x_terms)  # (B, N, M^o) = A_t
+        return self._update(a, c, past)
+
+    def _patches(self, h: torch.Tensor) -> torch.Tensor:
+        """im2col of H_{t-1}: (B N, taps * M), zero padding."""
+        B, N, _ = h.shape
+        source = F.pad(h, (0, 0, 0, 1))  # H_{t-1} and a zero row
+        return source[:, self.hidden_table].view(B * N, -1)
+
+    def _update(self, a: torch.Tensor, c: torch.Tensor, past: torch.Tensor | None = None) -> State:
+        """The gates and the new state from A_t (B, N, M^o)."""
+        M = self.M
         gates = a[..., : 4 * M].unflatten(-1, (4, M))  # (B, N, 4, M)
         if self.norm == "ccn":
             past = past.to(gates.dtype)
@@ -174,12 +184,25 @@ class TensorizedLSTM(RecurrentNet):
             xp = torch.cat([xp, self.input_proj.bias.to(xp.dtype).expand(B, self.delay, self.M)], dim=1)
         # The input's share of A for all steps at once; unbind (not x[:, s]) so that backward stacks the
         # per-step gradients once instead of filling a full-size zero tensor per step.
-        x_steps = self._input_terms(xp).unbind(1)  # T + delay tensors of (B, pairs, M^o)
+        x_terms = self._input_terms(xp)  # (B, T + delay, pairs, M^o)
         final = state
         last = None if lengths is None else lengths.to(x.device) - 1
         outputs = []
+        fast = self._batched_weight_grad(x)
+        if fast:  # A_t = (b^h + input terms)_t + patches_t W^h, the first part for all steps at once
+            a_in, weight, record = self._input_part(x_terms.transpose(0, 1))
+        else:  # under autocast the general step (its norms keep A_t in fp32)
+            x_steps = x_terms.unbind(1)
         for s in range(T + self.delay):
-            state = self._cell(x_steps[s], *state)
+            if fast:
+                h = state[0]
+                patches = self._patches(h)
+                if record is not None:
+                    record.append(patches.detach())
+                a = torch.addmm(a_in[s], patches, weight).view(h.shape[0], h.shape[1], -1)
+                state = self._update(a, *state[1:])
+            else:
+                state = self._cell(x_steps[s], *state)
             if s >= self.delay:
                 outputs.append(state[0][:, -1])
             if s < T:
@@ -187,6 +210,28 @@ class TensorizedLSTM(RecurrentNet):
         if not outputs:
             return x.new_zeros(B, 0, self.M), final
         return self.dropout(torch.stack(outputs, dim=1)), final
+
+    def _batched_weight_grad(self, x: torch.Tensor) -> bool:
+        """Whether the loop takes ``_input_part`` (everywhere but under autocast, whose norms keep A_t fp32)."""
+        return not torch.is_autocast_enabled(x.device.type)
+
+    def _input_part(self, x_terms: torch.Tensor):
+        """x_terms (S, B, pairs, M^o) -> S tensors (B N, M^o): the bias plus input terms of A per step (unbound, so
+        that backward stacks their gradients once), the weight
+        the loop multiplies by, and the list the loop records its patches in (None without autograd).
+
+        With autograd, W^h enters the loop detached and ``_ConvWeightGrad`` forms dL/dW^h after it as ONE
+        (taps M x S B N) @ (S B N x M^o) product instead of S small ones (one per step)."""
+        S, B = x_terms.shape[:2]
+        N, Mo = self.geo.locations, self.weight.shape[-1]
+        a_in = self.bias.to(x_terms.dtype).expand(S, B, N, Mo).index_add(2, self.input_locations, x_terms)
+        weight = self.weight.view(-1, Mo)
+        record = None
+        if torch.is_grad_enabled() and weight.requires_grad:
+            record = []
+            a_in = _ConvWeightGrad.apply(a_in, weight, record)
+            weight = weight.detach()
+        return a_in.reshape(S, B * N, Mo).unbind(0), weight, record
 
     # -- reporting -----------------------------------------------------------------------------------------
     def input_map_params(self) -> int:
@@ -210,6 +255,24 @@ class TensorizedLSTM(RecurrentNet):
             "conv_out_channels": self.weight.shape[-1],
             "params": sum(p.numel() for p in self.parameters()),
         }
+
+
+class _ConvWeightGrad(torch.autograd.Function):
+    """Identity on the per-step additive part of A (S, B, N, M^o) that also owns dL/dW^h.
+
+    Each step computes A_t = a_in_t + patches_t W^h with W^h detached, so dL/da_in_t = dL/dA_t and
+    dL/dW^h = sum_t patches_t^T dL/dA_t: one product over the patches ``record`` collects in the loop."""
+
+    @staticmethod
+    def forward(ctx, a_in: torch.Tensor, weight: torch.Tensor, record: list) -> torch.Tensor:  # noqa: D102
+        ctx.record = record
+        return a_in.view_as(a_in)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor):  # noqa: D102
+        patches = torch.cat(ctx.record)  # (S B N, taps M), rows in (step, batch, location) order like grad
+        return grad, patches.t() @ grad.reshape(patches.shape[0], -1), None
 
 
 class SharedStackedLSTM(RecurrentNet):
