@@ -163,14 +163,14 @@ TJANDRA_SHAPES = {"in_modes": [4, 4, 4, 4], "hidden_modes": [8, 4, 4, 4], "gate_
     ],
 )
 def test_tjandra2018_gru_parameter_counts(name, rank, expected):
-    """Both maps factorized, gates on the last mode, one 3H bias (Tjandra et al. 2018; PAPERS.md)."""
+    """Both maps factorized, gates on the last mode, one 3H bias (Tjandra et al. 2018; docs/papers.md)."""
     net = build_cell(cell_cfg(name, rank=rank, **TJANDRA_SHAPES), 256, 512)
     assert sum(p.numel() for p in net.parameters()) == expected
 
 
 def test_dense_gru_count_tjandra():
     net = build_cell(cell_cfg("gru", reset_after=False, gate_activation="sigmoid", recurrent_dropout=0.0), 256, 512)
-    # reset_after=False takes the generic path: W_xh + W_hh + one 3H bias = 1,181,184 (PAPERS.md)
+    # reset_after=False takes the generic path: W_xh + W_hh + one 3H bias = 1,181,184 (docs/papers.md)
     assert sum(p.numel() for p in net.parameters()) == 1_181_184
 
 

@@ -1,4 +1,4 @@
-"""Parameter counts of the papers' configurations (PAPERS.md), computed by build_map."""
+"""Parameter counts of the papers' configurations (docs/papers.md), computed by build_map."""
 
 import pytest
 import torch

@@ -14,7 +14,7 @@ output ``y_t`` is read at the opposite corner, the last location (P1 - 1, P2 - 1
 depend on the recurrence, the terms of the taps that read it (the first ``lower`` locations per axis) are
 computed for all steps in one contraction before the time loop and added to A_t per step.
 
-The 3D choice is ours (PAPERS.md does not fix it): one input location at a corner keeps the input
+The 3D choice is ours (docs/papers.md does not fix it): one input location at a corner keeps the input
 projection and the parameter count the same as in 2D.
 
 Kernel offsets. A tap set ``-lower .. +upper`` along every location axis, ``lower + upper + 1 = K``:
@@ -37,7 +37,7 @@ Normalisation ("norm"), applied to the gate pre-activations (each of G, I, F, O 
 before the tanh; gain and bias per channel, shared over locations (so P adds no parameters):
   * ``ln``: statistics over the M channels at each location (each location is one layer of the implicit
     deep net, so this is Ba et al.'s layer norm applied layer by layer). Causal: keeps the delay semantics.
-  * ``cn``: channel normalisation as PAPERS.md describes the paper's CN [unverified axes]: statistics per
+  * ``cn``: channel normalisation as docs/papers.md describes the paper's CN [unverified axes]: statistics per
     channel over all locations. NOTE: at one step the locations hold different "layers" that have seen the
     input up to different times, so these statistics let the output for step t depend (through two numbers
     per channel) on inputs up to step t + L - 1. A test pins this look-ahead; prefer ``ln`` for language
