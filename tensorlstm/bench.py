@@ -44,7 +44,6 @@ import torch
 from torch import nn
 
 from tensorlstm.cells import build_cell
-from tensorlstm.cells.recurrent import GATES, RecurrentLayer, StackedRecurrent
 from tensorlstm.defaults import cell_config
 from tensorlstm.errors import UserError
 from tensorlstm.tensor import build_map, gate_modes
@@ -127,9 +126,9 @@ class TorchRNN(nn.Module):
         return y.transpose(0, 1), s
 
 
-def our_dense_loop(base: str, i: int, h: int) -> StackedRecurrent:
-    """Our generic layer with a dense input map (the time loop of fused_loop.py)."""
-    return StackedRecurrent([RecurrentLayer(base, build_map("dense", [i], [GATES[base] * h]), h)], {})
+def our_dense_loop(base: str, i: int, h: int) -> nn.Module:
+    """`cell=<base> cell.kernel=loop`: our time loop (fused_loop.py) with a dense input map."""
+    return build_cell(cell_config(base, kernel="loop"), i, h)
 
 
 def factorized(fmt: str, base: str, shape: dict, **extra) -> nn.Module:

@@ -102,10 +102,30 @@ def test_lengths_mask_padding(name):
 
 
 def test_dense_plain_cells_use_fused_torch_kernels():
-    assert isinstance(build_cell(cell_cfg("lstm"), 6, 4), FusedRecurrent)
-    assert isinstance(build_cell(cell_cfg("gru"), 6, 4), FusedRecurrent)
+    assert isinstance(build_cell(cell_cfg("lstm", kernel="torch"), 6, 4), FusedRecurrent)
+    assert isinstance(build_cell(cell_cfg("gru", kernel="torch"), 6, 4), FusedRecurrent)
+    assert isinstance(build_cell(cell_cfg("gru", kernel="loop"), 6, 4), StackedRecurrent)
     assert isinstance(build_cell(cell_cfg("lstm", recurrent_dropout=0.25), 6, 4), StackedRecurrent)
     assert isinstance(build_cell(cell_cfg("lstm", gate_activation="hard_sigmoid"), 6, 4), StackedRecurrent)
+
+
+def test_kernel_auto_picks_the_faster_dense_path(monkeypatch):
+    """cell.kernel=auto: cuDNN's torch.nn where CUDA is available; on a CPU our loop for the GRU and for an LSTM
+    wider in than out (tlstm bench), torch.nn.LSTM otherwise; the loop computes what torch.nn computes."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert isinstance(build_cell(cell_cfg("gru"), 4, 6), StackedRecurrent)
+    assert isinstance(build_cell(cell_cfg("lstm"), 6, 4), StackedRecurrent)
+    assert isinstance(build_cell(cell_cfg("lstm"), 4, 6), FusedRecurrent)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert isinstance(build_cell(cell_cfg("gru"), 4, 6), FusedRecurrent)
+    with pytest.raises(UserError, match="cell.kernel"):
+        build_cell(cell_cfg("lstm", kernel="fast"), 4, 6)
+    torch.manual_seed(0)
+    ref = build_cell(cell_cfg("gru", kernel="torch"), 5, 3)
+    loop = build_cell(cell_cfg("gru", kernel="loop"), 5, 3)
+    copy_from_torch(loop, ref.rnn)
+    x = torch.randn(2, 4, 5)
+    torch.testing.assert_close(loop(x)[0], ref(x)[0], rtol=1e-10, atol=1e-10)
 
 
 def test_gru_reset_before_formula():

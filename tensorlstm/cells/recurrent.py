@@ -2,7 +2,8 @@
 
 The input projection ``x_t W`` does not depend on the recurrence, so it is computed for all B x T rows
 in one call of the input map before the time loop; only ``h_{t-1} U`` and the gate math run per step.
-Dense cells with plain options run on ``torch.nn.LSTM`` / ``torch.nn.GRU`` (fused kernels).
+Dense cells with plain options run on ``torch.nn.LSTM`` / ``torch.nn.GRU`` or on our fused time loop, whichever
+``cell.kernel`` (auto: the faster for the device and shape, see ``dense_kernel``) picks.
 
 Gate order: LSTM [i, f, g, o]; GRU [r, z, n] (the order of torch.nn). GRU comes in two forms:
 ``reset_after=True`` (cuDNN / torch.nn.GRU: n = tanh(x W_n + b_n + r * (h U_n + b_hn)), one extra bias)
@@ -364,6 +365,27 @@ def _modes(explicit, hint, size: int, d: int, what: str) -> list[int]:
     return factorize(size, d)
 
 
+KERNELS = ("auto", "torch", "loop")
+
+
+def dense_kernel(cfg: dict, base: str, input_size: int, hidden_size: int) -> str:
+    """`cell.kernel` of a plain dense cell: torch.nn.LSTM/GRU or our time loop (fused_loop.py).
+
+    auto, measured with `tlstm bench` (1 CPU thread, training step with fused Adam): on a CPU our loop beats
+    nn.GRU (1.24x at B32 x T100, 256 -> 512) and beats nn.LSTM where the input is wide (2.2x at UCF11's 57,600 ->
+    256: oneDNN's LSTM also computes the input gradient nobody asked for), while nn.LSTM is ~4% ahead at
+    256 -> 512. With CUDA available cuDNN runs the whole sequence in a few kernels, so torch."""
+    # configs saved before cell.kernel existed ran torch.nn: rebuilding their checkpoints needs the same module
+    kernel = cfg.get("kernel", "torch")
+    if kernel not in KERNELS:
+        raise UserError(f"cell.kernel={kernel!r}; choose one of: {', '.join(KERNELS)}")
+    if kernel != "auto":
+        return kernel
+    if torch.cuda.is_available():
+        return "torch"
+    return "loop" if base == "gru" or input_size > hidden_size else "torch"
+
+
 def build_recurrent(cfg: dict, input_size: int, hidden_size: int, in_modes=None, hidden_modes=None) -> RecurrentNet:
     """Build the LSTM/GRU net of a cell config (`lstm`, `gru`, `tt`, `bt`, `cp`, `tucker`)."""
     base = cfg["base"]
@@ -383,7 +405,8 @@ def build_recurrent(cfg: dict, input_size: int, hidden_size: int, in_modes=None,
     info = {"base": base, "format": fmt, "hidden_size": H, "layers": n_layers}
 
     plain = rec_dropout == 0.0 and activation == "sigmoid" and not factorize_hidden
-    if fmt == "dense" and plain and (base == "lstm" or reset_after):
+    if fmt == "dense" and plain and (base == "lstm" or reset_after) and \
+            dense_kernel(cfg, base, input_size, H) == "torch":
         return FusedRecurrent(base, input_size, H, n_layers, dropout, info | {"kernel": f"torch.nn.{base.upper()}"})
 
     d = int(cfg["d"])
@@ -400,6 +423,8 @@ def build_recurrent(cfg: dict, input_size: int, hidden_size: int, in_modes=None,
         imap = build_map(fmt, im, out_modes, rank=rank, blocks=blocks, mode=mode)
         hmap = build_map(fmt, hm, out_modes, rank=rank, blocks=blocks, mode=mode) if factorize_hidden else None
         layers.append(RecurrentLayer(base, imap, H, hmap, dropout, rec_dropout, activation, reset_after))
+    if fmt == "dense" and plain and (base == "lstm" or reset_after):
+        info["kernel"] = "tensorlstm fused loop"
     if fmt != "dense":
         info.update(rank=rank, blocks=blocks if fmt == "bt" else None, gate_mode=cfg["gate_mode"],
                     factorize_hidden=factorize_hidden)
