@@ -131,6 +131,10 @@ def _flat_keys(d: dict, prefix: str = "") -> list[str]:
     return out
 
 
+# old key -> (new key, its values): refused with a one-line hint (runs saved with the old key still load)
+RENAMED_KEYS = {"cell.mode": ("cell.forward", "factorized | reconstruct | auto")}
+
+
 def _check_keys(overrides: list[str], base: dict) -> None:
     """Every override names a key of the composed defaults: a misspelled or invented key (`+trainer.maxsteps=5`,
     which Hydra would add and nothing would read) is refused, with the closest real key."""
@@ -148,6 +152,9 @@ def _check_keys(overrides: list[str], base: dict) -> None:
             raise UserError(f"{ov!r} is not an override: write key=value, e.g. trainer.max_steps=100")
         if key in keys:
             continue
+        if key in RENAMED_KEYS:
+            new, values = RENAMED_KEYS[key]
+            raise UserError(f"{key} was renamed {new} ({values}); write {new}={ov.partition('=')[2]}")
         close = difflib.get_close_matches(key, sorted(keys), n=1, cutoff=0.6)
         hint = f"did you mean {close[0]}?" if close else "the keys are listed by `tlstm train --cfg job`"
         raise UserError(f"unknown config key {key} in {ov!r}; {hint}")

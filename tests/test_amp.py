@@ -109,7 +109,7 @@ def test_mode_product_float64_is_untouched_by_autocast():
 
 RECURRENT = {"base": "lstm", "format": "dense", "rank": 2, "blocks": 2, "d": 3, "in_modes": None,
              "hidden_modes": None, "hidden_size": None, "gate_mode": "first", "factorize_hidden": False,
-             "mode": "auto", "layers": 1, "dropout": 0.0, "recurrent_dropout": 0.0, "gate_activation": "sigmoid",
+             "forward": "auto", "layers": 1, "dropout": 0.0, "recurrent_dropout": 0.0, "gate_activation": "sigmoid",
              "reset_after": True}
 TLSTM = {"P": 3, "M": None, "K": None, "feedback": True, "memory_conv": True, "norm": "none", "forget_bias": 1.0,
          "dropout": 0.0}

@@ -412,7 +412,7 @@ def build_recurrent(cfg: dict, input_size: int, hidden_size: int, in_modes=None,
     d = int(cfg["d"])
     hm = _modes(cfg["hidden_modes"], hidden_modes, H, d, "cell.hidden_modes")
     out_modes = gate_modes(hm, G, cfg["gate_mode"])
-    rank, blocks, mode = cfg["rank"], int(cfg["blocks"]), cfg["mode"]
+    rank, blocks, mode = cfg["rank"], int(cfg["blocks"]), cfg["forward"]
     layers = []
     for i in range(n_layers):
         if i == 0:

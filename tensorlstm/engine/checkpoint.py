@@ -19,8 +19,18 @@ from tensorlstm.errors import UserError
 RESUMABLE_CHANGES = frozenset({"resume", "logger", "trainer", "device", "threads", "run_name", "compress"})
 
 
+def upgrade_config(cfg: dict) -> dict:
+    """A config saved before a key was renamed, with today's names (cell.mode -> cell.forward); others unchanged."""
+    cell = cfg.get("cell")
+    if isinstance(cell, dict) and "mode" in cell and "forward" not in cell:
+        cell = {("forward" if k == "mode" else k): v for k, v in cell.items()}
+        return {**cfg, "cell": cell}
+    return cfg
+
+
 def config_differences(old: dict, new: dict) -> list[str]:
     """Dotted keys whose values differ between two resolved configs, ignoring RESUMABLE_CHANGES."""
+    old, new = upgrade_config(old), upgrade_config(new)
     out: list[str] = []
 
     def walk(a, b, path: str) -> None:
@@ -100,6 +110,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
         ) from e
     if not isinstance(obj, dict) or "model" not in obj or "config" not in obj:
         raise UserError(f"{path} is not a tensorlstm checkpoint (no model/config); pass one written by tlstm train")
+    obj["config"] = upgrade_config(obj["config"])
     return obj
 
 
