@@ -46,13 +46,15 @@ from torch import nn
 from tensorlstm.cells import build_cell
 from tensorlstm.defaults import cell_config
 from tensorlstm.errors import UserError
-from tensorlstm.tensor import build_map, gate_modes
+from tensorlstm.tensor import DEFAULT_RANK, build_map, factorized_formats, gate_modes
 
 SEQ = dict(batch=32, steps=100, input=256, hidden=512, in_modes=[4, 4, 4, 4], hidden_modes=[8, 4, 4, 4])
 UCF = dict(batch=16, steps=6, input=57600, hidden=256, in_modes=[8, 20, 20, 18], hidden_modes=[4, 4, 4, 4],
            classes=11)
 # the factorized cells of the sections: cell=<fmt> with these overrides (everything else from configs/cell/)
-FACTORIZED = {"tt": dict(rank=4), "bt": dict(rank=4, blocks=2), "cp": dict(rank=20), "tucker": dict(rank=4)}
+# every registered factorized format, at these ranks; one registered without an entry runs at its default rank
+RANKS = {"tt": dict(rank=4), "bt": dict(rank=4, blocks=2), "cp": dict(rank=20), "tucker": dict(rank=4)}
+FACTORIZED = {fmt: RANKS.get(fmt, dict(rank=DEFAULT_RANK[fmt])) for fmt in factorized_formats()}
 TLTORCH_NAME = {"tt": "blocktt", "cp": "cp", "tucker": "tucker"}
 
 

@@ -493,7 +493,7 @@ def _load_for_eval(target: str, overrides: list[str], name: str):
         raise UserError(f"{' '.join(overrides)}: {_one_line(e)}; keys are those of the run's config") from e
     _check_types(ckpt["config"], cfg)
     task, model, _ = build(cfg, prepare=True)
-    device = resolve_device(cfg.get("device", "auto"))
+    device = resolve_device(cfg["device"])
     model.load_state_dict(ckpt["model"])
     model.to(device).eval()
     task.device = device

@@ -116,9 +116,9 @@ def train(cfg: dict, run_dir: Path) -> dict:
     tcfg = cfg["trainer"]
     if cfg["threads"]:
         torch.set_num_threads(int(cfg["threads"]))
-    seed_everything(int(cfg["seed"]), bool(tcfg.get("deterministic", True)))
+    seed_everything(int(cfg["seed"]), bool(tcfg["deterministic"]))
     world = distributed.current()
-    device = distributed.device_for(resolve_device(cfg.get("device", "auto")), world)
+    device = distributed.device_for(resolve_device(cfg["device"]), world)
     set_tf32(bool(tcfg["tf32"]))
     task, model, factory = build(cfg, prepare=True)
     info = model_info(model, factory)
@@ -433,9 +433,9 @@ def _evaluate(task, model: nn.Module, split: str) -> dict[str, float]:
 
 
 def _clip(model: nn.Module, tcfg: dict) -> None:
-    if tcfg.get("clip_value") is not None:
+    if tcfg["clip_value"] is not None:
         nn.utils.clip_grad_value_(model.parameters(), float(tcfg["clip_value"]))
-    if tcfg.get("clip_norm") is not None:
+    if tcfg["clip_norm"] is not None:
         nn.utils.clip_grad_norm_(model.parameters(), float(tcfg["clip_norm"]))
 
 

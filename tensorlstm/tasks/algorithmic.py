@@ -21,6 +21,7 @@ from torch import nn
 
 from tensorlstm.errors import UserError
 from tensorlstm.tasks.base import Batch, CellFactory, Task
+from tensorlstm.tasks.common import seeded_generator
 
 
 class SequenceClassifierHead(nn.Module):
@@ -59,7 +60,7 @@ class GeneratedSequenceTask(Task):
         return SequenceClassifierHead(self.vocab, self.classes, make_cell, int(self.cfg["hidden_size"]))
 
     def _gen(self, salt: int) -> torch.Generator:
-        return torch.Generator().manual_seed((self.seed * 1_000_003 + salt) % (2**63 - 1))
+        return seeded_generator(self.seed, salt)
 
     def prepare(self) -> None:
         for i, split in enumerate(("valid", "test")):
