@@ -194,6 +194,12 @@ class FactorizedMap(LinearMap):
             rows, self.in_features, self.out_features, device_type, itemsize
         )
 
+    def mode_flops(self, mode: str, rows: int, device_type: str) -> float:
+        """Forward FLOPs of a mode for `rows` rows (the factorized chain of every term, or rebuild + GEMM)."""
+        if mode == "factorized":
+            return len(self.chain_terms()[1]) * self.factorized_plan(rows, device_type).flops
+        return self.reconstruct_plan(device_type).flops + 2.0 * rows * self.in_features * self.out_features
+
     def choose_mode(self, rows: int, dtype: torch.dtype, device: torch.device) -> str:
         """The forward mode for `rows` rows: self.mode, or for "auto" the cheaper by estimate (cached)."""
         if self.mode != "auto":
@@ -204,6 +210,12 @@ class FactorizedMap(LinearMap):
             itemsize = torch.empty((), dtype=dtype).element_size()
             costs = {m: self.estimate_seconds(m, rows, device.type, itemsize) for m in MODES[:2]}
             choice = min(costs, key=costs.get)
+            if choice == "factorized" and self.mode_flops("factorized", rows, device.type) > \
+                    self.mode_flops("reconstruct", rows, device.type):
+                # the model's chain rate is fitted on chains of small contractions; a chain of large GEMMs that
+                # does more arithmetic than rebuilding W plus one GEMM is not faster (measured, 1 CPU thread:
+                # Tucker 4x4x4x4 -> 32x4x4x4 rank 4 at 3,200 rows, a 4.9 GFLOP chain: 135 ms vs 83 ms fwd+bwd)
+                choice = "reconstruct"
             self._decisions[key] = choice
             if len(self._decisions) > 64:
                 self._decisions.popitem(last=False)
