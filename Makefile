@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-demo: install  ## a real, small training run (addition task, CPU, ~2 minutes), then its run dir and metrics
+demo: install  ## a real, small training run (addition task, CPU, ~1 minute), then its run dir and metrics
 	$(TLSTM) train experiment=demo
 
 test: install  ## lint, then the test suite (what CI runs)

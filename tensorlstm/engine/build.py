@@ -94,6 +94,11 @@ def _fractions(v):
     return ok, "three fractions train/valid/test that sum to 1, e.g. [0.9,0.05,0.05]"
 
 
+def _fps(v):
+    ok = v is None or v == "auto" or (_is_number(v) and math.isfinite(v) and v > 0)
+    return ok, "a frame rate > 0, auto or null"
+
+
 def _betas(v):
     ok = isinstance(v, list) and len(v) == 2 and all(_is_number(b) and 0 <= b < 1 for b in v)
     return ok, "two numbers in [0, 1), e.g. [0.9,0.999]"
@@ -146,6 +151,14 @@ RULES: list[tuple[str, object]] = [
     ("task.test_fraction", _number(0, 1, low_open=True, high_open=True)),
     ("task.valid_fraction", _number(0, 1, low_open=True, high_open=True)),
     ("task.prefetch", _int_at_least(0)),
+    ("task.sample_prime", _int_at_least(0)),
+    ("task.solved_threshold", _number(0, 1, low_open=True)),
+    ("task.num_classes", _int_at_least(2)),
+    ("task.l2_classifier", _number(0)),
+    ("task.decoder_rank", _rank),
+    ("task.fps", _fps),
+    ("cell.M", _nullable(_int_at_least(1))),
+    ("cell.forget_bias", _number()),
 ]
 # any key of these names, in task or cell: sizes and counts that must be positive, probabilities in [0, 1)
 POSITIVE_INTS = ("batch_size", "eval_batch_size", "hidden_size", "valid_size", "test_size", "bptt", "max_frames",
@@ -162,6 +175,8 @@ def validate(cfg: dict) -> None:
                 rules.append((f"{group}.{key}", _int_at_least(1)))
             elif key in PROBABILITIES:
                 rules.append((f"{group}.{key}", _number(0, 1, high_open=True)))
+            elif key.endswith("_seed"):  # data seeds (split, permutation, binarization): null = the run's seed
+                rules.append((f"{group}.{key}", _nullable(_int_at_least(0))))
     for key, check in rules:
         value = _get(cfg, key)
         if value is _MISSING:

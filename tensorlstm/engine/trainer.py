@@ -456,7 +456,7 @@ class Progress:
         self.loss: float | None = None
         self.t0 = self.last = time.monotonic()
         self.bar = None
-        if self.enabled and sys.stderr.isatty():
+        if self.enabled and sys.stderr.isatty() and sys.stdout.isatty():  # `| tee` gets the plain lines
             from tqdm import tqdm
 
             self.bar = tqdm(total=max_steps, initial=step, unit="step", dynamic_ncols=True,
