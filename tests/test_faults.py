@@ -17,9 +17,9 @@ from conftest import TINY, run_tlstm, train_inprocess
 
 from tensorlstm.engine.checkpoint import load_checkpoint, save_checkpoint
 
-# 60 steps with a checkpoint at every evaluation (15 steps) and by time (checkpoint_every_s), so kills land
+# 160 steps with a checkpoint at every evaluation (20 steps) and by time (checkpoint_every_s), so kills land
 # between, at and during both kinds; recurrent dropout draws from the RNG the checkpoints must restore
-RUN = [*TINY, "trainer.max_steps=60", "trainer.eval_every=15", "trainer.log_every=4", "cell=tt", "rank=2",
+RUN = [*TINY, "trainer.max_steps=160", "trainer.eval_every=20", "trainer.log_every=4", "cell=tt", "rank=2",
        "task.hidden_size=24", "cell.recurrent_dropout=0.2", "trainer.checkpoint_every_s=0.05"]
 
 
@@ -63,11 +63,11 @@ def test_ten_kills_resume_bit_identical(tmp_path):
     for fault in plan:
         before = _lines(run)
         proc = _start(run, fault)
-        if fault is None:  # wait for training to be under way, then kill at a random moment
-            end = time.time() + 60
-            while _lines(run) <= before and proc.is_alive() and time.time() < end:
-                time.sleep(0.005)
-            time.sleep(rng.uniform(0.0, 0.4))
+        if fault is None:  # a random moment: after 1-3 new records (4-12 steps), plus up to 20 ms
+            end, wait = time.time() + 60, rng.randint(1, 3)
+            while _lines(run) < before + wait and proc.is_alive() and time.time() < end:
+                time.sleep(0.002)
+            time.sleep(rng.uniform(0.0, 0.02))
             if proc.is_alive():
                 os.kill(proc.pid, signal.SIGKILL)
         proc.join(60)
