@@ -36,7 +36,7 @@ class StepMatmul:
 
     def __init__(self, W: torch.Tensor, rows: int) -> None:
         self.W, self.packed = W, None
-        if W.device.type == "cpu" and W.dtype == torch.float32 and _onednn_ok():
+        if W.device.type == "cpu" and W.dtype == torch.float32 and rows > 0 and W.numel() > 0 and _onednn_ok():
             try:
                 self.packed = torch.ops.mkldnn._reorder_linear_weight(W.t().contiguous(), rows)
             except RuntimeError:  # pragma: no cover - a build without the packed-linear kernels
