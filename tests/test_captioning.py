@@ -87,6 +87,29 @@ def test_bad_inputs_are_one_line_and_exit_2(tmp_path, capsys, what, needle):
     assert e.value.code == 2 and len(err) == 1 and needle in err[0], err
 
 
+def test_shapes_set_is_seeded_coco_layout_and_regenerated_on_new_settings(tmp_path):
+    from tensorlstm.data.shapes import COLOURS, ensure_shapes, settings
+
+    wanted = settings(train=6, valid=2, test=2, image_size=32, captions=5, max_objects=2, seed=3)
+    a, b = ensure_shapes(tmp_path / "a", wanted), ensure_shapes(tmp_path / "b", wanted)
+    for name in ("annotations/captions_train2014.json", "annotations/captions_val2014.json", "dataset_coco.json"):
+        assert (a / name).read_text() == (b / name).read_text()  # a pure function of the settings
+    splits = load_coco(a)
+    assert {k: len(v) for k, v in splits.items()} == {"train": 6, "valid": 2, "test": 2}
+    for it in splits["train"]:
+        assert len(it.captions) == 5 and len(set(it.captions)) >= 3  # varied templates and synonyms
+        assert all(any(c in cap.lower() for c in COLOURS) for cap in it.captions)
+        with Image.open(it.path) as im:
+            assert im.size == (32, 32) and im.format == "JPEG"
+    (a / "features").mkdir()
+    stamp = (a / "dataset_coco.json").stat().st_mtime_ns
+    ensure_shapes(a, wanted)
+    assert (a / "dataset_coco.json").stat().st_mtime_ns == stamp  # current: left alone
+    ensure_shapes(a, {**wanted, "seed": 4})
+    assert not (a / "features").exists() and len(load_coco(a)["train"]) == 6  # regenerated, old features dropped
+    assert (a / "dataset_coco.json").read_text() != (b / "dataset_coco.json").read_text()
+
+
 # ---------------------------------------------------------------------------------------- feature cache
 def test_feature_cache_builds_resumes_and_lists_unreadable_images(tmp_path):
     folder = tiny.write_coco(tmp_path / "coco", n_train=5, n_restval=0, n_val=1, n_test=1)
@@ -217,7 +240,9 @@ def test_beam_size_one_is_greedy():
 
 @pytest.mark.parametrize("cell,extra", [("lstm", []), ("gru", []), ("tt", ["rank=2"]), ("bt", ["rank=2"]),
                                         ("cp", ["rank=2"]), ("tucker", ["rank=2"]), ("tlstm", ["cell.P=3"]),
-                                        ("tlstm", ["cell.P=[2,2]"]), ("slstm", ["cell.layers=2"])])
+                                        ("tlstm", ["cell.P=[2,2]"]), ("tlstm", ["cell.norm=ccn"]),
+                                        ("tlstm", ["cell.norm=ln", "cell.feedback=false"]),
+                                        ("slstm", ["cell.layers=2"])])
 def test_step_decoding_scores_what_teacher_forcing_trained(cell, extra):
     """log p(caption) step by step (begin/advance, as greedy and beam search use it) equals the teacher-forced
     forward of training, for every cell; tLSTM included (its output comes delay steps late)."""

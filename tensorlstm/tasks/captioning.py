@@ -92,8 +92,10 @@ class CaptioningTask(Task):
         splits = load_coco(data_dir, str(cfg["split_file"]))
         items = sorted({it.image_id: it for v in splits.values() for it in v}.values(), key=lambda it: it.image_id)
         if self.encoder_name in CNNS:
-            encoder = ImageEncoder(self.encoder_name, str(cfg["encoder_weights"]), cfg["image_size"],
-                                   device=self.device)
+            device = str(cfg["feature_device"])
+            if device == "auto":
+                device = "cuda" if torch.cuda.is_available() else "cpu"
+            encoder = ImageEncoder(self.encoder_name, str(cfg["encoder_weights"]), cfg["image_size"], device=device)
         else:
             encoder = ImageEncoder("pixels", grid=int(cfg["pixels_grid"]))
         cache = FeatureCache(cfg["feature_dir"] or data_dir / "features", encoder.key, items, encoder.feature_size)
