@@ -45,6 +45,7 @@ from torch import nn
 
 from tensorlstm.cells import build_cell
 from tensorlstm.defaults import cell_config
+from tensorlstm.engine.seeding import set_tf32
 from tensorlstm.errors import UserError
 from tensorlstm.tensor import DEFAULT_RANK, build_map, factorized_formats, gate_modes
 
@@ -419,6 +420,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
+    set_tf32(False)  # cuDNN's nn.LSTM baseline and our cuBLAS GEMMs in the same (strict fp32) precision
     timer = Timer(args.timer, device)
     rounds = args.rounds or (3 if args.quick else 9)
     notes: list[str] = []

@@ -53,3 +53,11 @@ def test_submitit_local_launcher_runs_a_two_job_sweep(tmp_path):
     summaries = [json.loads(p.read_text()) for p in sorted(tmp_path.glob("*/summary.json"))]
     assert [s["cell"] for s in summaries] == ["lstm", "tt"] and all(s["steps"] == 3 for s in summaries)
     assert (tmp_path / ".submitit").is_dir()  # ran through submitit, each job in its own process
+
+
+@pytest.mark.parametrize("sweeper", ["optuna", "optuna_search"])
+def test_optuna_sweeper_configs_compose(sweeper):
+    cfg = compose([f"hydra/sweeper={sweeper}"], hydra=True)
+    assert "optuna" in cfg.hydra.sweeper._target_
+    if sweeper == "optuna_search":
+        assert set(cfg.hydra.sweeper.params) == {"rank", "optim.lr", "cell.dropout"}

@@ -51,3 +51,11 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"device={name} asked for but no CUDA device is visible; use device=auto or device=cpu")
     return device
+
+
+def set_tf32(enabled: bool) -> None:
+    """One TF32 setting for both kinds of GEMM: cuDNN's (the fused nn.LSTM/GRU baselines; torch's default is
+    on) and cuBLAS's (our cells and maps; torch's default is off). Mixed defaults would run the baseline in TF32
+    against our cells in full fp32 (speed ratios and CPU-vs-CUDA comparisons skewed). No effect on the CPU."""
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    torch.backends.cudnn.allow_tf32 = enabled

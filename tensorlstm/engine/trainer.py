@@ -32,7 +32,7 @@ from tensorlstm.engine.checkpoint import (
 )
 from tensorlstm.engine.logger import RunLogger, read_metrics, rewrite_metrics
 from tensorlstm.engine.optim import build_optimizer, build_scheduler
-from tensorlstm.engine.seeding import resolve_device, rng_state, seed_everything, set_rng_state
+from tensorlstm.engine.seeding import resolve_device, rng_state, seed_everything, set_rng_state, set_tf32
 from tensorlstm.errors import UserError
 
 log = logging.getLogger("tensorlstm")
@@ -357,14 +357,6 @@ def train(cfg: dict, run_dir: Path) -> dict:
     logger.summary(summary)
     logger.finish(0)
     return distributed.broadcast(summary, world)
-
-
-def set_tf32(enabled: bool) -> None:
-    """One TF32 setting for both kinds of GEMM: cuDNN's (the fused nn.LSTM/GRU baselines; torch's default is
-    on) and cuBLAS's (our cells and maps; torch's default is off). Mixed defaults would time the baseline in
-    TF32 against our cells in full fp32. No effect on the CPU."""
-    torch.backends.cuda.matmul.allow_tf32 = enabled
-    torch.backends.cudnn.allow_tf32 = enabled
 
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
