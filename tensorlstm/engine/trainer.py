@@ -238,12 +238,13 @@ def train(cfg: dict, run_dir: Path) -> dict:
                 batch = to_device(distributed.shard(task.train_batch(step), world), device, device.type == "cuda")
                 with autocast():
                     loss, stats, new_carry = task.loss(train_model, batch, carry if task.carries_state else None)
-                due = bool(checkpoint_every_s) and time.monotonic() - last_saved >= checkpoint_every_s
+                due = None  # time-based checkpoint: decided after the step, under DDP on rank 0's clock now
                 if world.enabled:  # one all-reduce: the same decisions everywhere, the global loss and stats
+                    due = bool(checkpoint_every_s) and time.monotonic() - last_saved >= checkpoint_every_s
                     loss, stats, finite, stop_signal, due = _reduce_step(task, batch, loss, stats, signals, due,
                                                                          world, device)
                 else:
-                    finite, stop_signal = bool(torch.isfinite(loss)), signals.received
+                    finite = bool(torch.isfinite(loss))
                 if not finite and tcfg["nonfinite"] != "skip":
                     last = ckpt_dir / "last.pt"
                     raise TrainingStopped(
@@ -299,8 +300,11 @@ def train(cfg: dict, run_dir: Path) -> dict:
                         log.info("step %d: valid %s=%s reached trainer.stop_at=%s; stopping", step, task.metric,
                                  value, tcfg["stop_at"])
                         break
-                elif due:
+                elif due if due is not None else \
+                        checkpoint_every_s and time.monotonic() - last_saved >= checkpoint_every_s:
                     save_last()  # between evaluations, so that a kill loses at most checkpoint_every_s of work
+                if not world.enabled:
+                    stop_signal = signals.received
                 if stop_signal is not None:
                     path = save_last()
                     name = signal.Signals(stop_signal).name
