@@ -52,21 +52,22 @@ def markdown(table: dict, name: str, dense: dict | None, pairs: list[dict]) -> s
               "| right after compression | compressed + fine-tuned | from scratch | winner |",
               "|---|---|---|---|---|---|---|---|---|---|"]
     higher = table["higher_is_better"]
+    missing = [f"{p['cell']} r={p['rank']}" for p in pairs if not (p.get("compressed") and p.get("scratch"))]
     for p in pairs:
         c, s = p.get("compressed"), p.get("scratch")
-        ref = c or s
-        hh = [m["reconstruction_error"] for m in (c or {}).get("matrices", []) if m["matrix"].endswith("hidden_map")]
-        after, scratch = (c or {}).get(metric), (s or {}).get(metric)
-        winner = "-"
-        if after is not None and scratch is not None:
-            winner = "tie" if after == scratch else \
-                ("compressed" if (after > scratch) == higher else "scratch")
+        if not (c and s):
+            continue
+        ref = c
+        hh = [m["reconstruction_error"] for m in c["matrices"] if m["matrix"].endswith("hidden_map")]
+        after, scratch = c[metric], s[metric]
+        winner = "tie" if after == scratch else ("compressed" if (after > scratch) == higher else "scratch")
         lines.append("| " + " | ".join([
             p["cell"], str(p["rank"]),
-            f"{ref['params_input_map']:,} ({ref['compression_input_map']}x)" if ref else "-",
-            f"{ref['params_recurrent_layer']:,}" if ref else "-",
-            _f((c or {}).get("reconstruction_error"), 3), _f(hh[0], 3) if hh else "-",
-            _f((c or {}).get("metric_before_finetune")), _f(after), _f(scratch), winner]) + " |")
+            f"{ref['params_input_map']:,} ({ref['compression_input_map']}x)", f"{ref['params_recurrent_layer']:,}",
+            _f(c["reconstruction_error"], 3), _f(hh[0], 3) if hh else "-",
+            _f(c["metric_before_finetune"]), _f(after), _f(scratch), winner]) + " |")
+    if missing:
+        lines += ["", f"Not finished (no complete pair yet): {', '.join(missing)}."]
     return "\n".join(lines) + "\n"
 
 
@@ -96,7 +97,8 @@ def plot(table: dict, dense: dict | None, pairs: list[dict], path: Path) -> None
                                                     p["compressed"]["metric_before_finetune"]), fontsize=6)
     if dense:
         for a in (ax, ax2):
-            a.axhline(dense[metric], color="k", lw=0.8, ls=":", label=f"dense LSTM ({dense['params_input_map']:,})")
+            a.axhline(dense[metric], color="k", lw=0.8, ls=":",
+                      label=f"dense source ({dense['params_input_map']:,} input-map weights)")
     ax.set(xscale="log", xlabel="input-map weights (log scale)", ylabel=f"test {metric}",
            title="after the same total number of steps")
     ax2.set(xlabel="relative reconstruction error of W_xh", ylabel=f"test {metric} right after compression",
