@@ -109,15 +109,26 @@ def test_dense_plain_cells_use_fused_torch_kernels():
     assert isinstance(build_cell(cell_cfg("lstm", gate_activation="hard_sigmoid"), 6, 4), StackedRecurrent)
 
 
+@pytest.mark.parametrize("cuda", [False, True])
+def test_default_dense_kernel_does_not_depend_on_the_machine(monkeypatch, cuda):
+    """The YAML default builds the same module (and so the same state dict and count) with or without CUDA, so a
+    checkpoint trained on a GPU evaluates on a CPU and back."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    for base in ("lstm", "gru"):
+        net = build_cell(cell_cfg(base), 6, 4)
+        assert isinstance(net, FusedRecurrent)
+        assert sum(p.numel() for p in net.parameters()) == (4 if base == "lstm" else 3) * 4 * (6 + 4 + 2)
+
+
 def test_kernel_auto_picks_the_faster_dense_path(monkeypatch):
     """cell.kernel=auto: cuDNN's torch.nn where CUDA is available; on a CPU our loop for the GRU and for an LSTM
     wider in than out (tlstm bench), torch.nn.LSTM otherwise; the loop computes what torch.nn computes."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert isinstance(build_cell(cell_cfg("gru"), 4, 6), StackedRecurrent)
-    assert isinstance(build_cell(cell_cfg("lstm"), 6, 4), StackedRecurrent)
-    assert isinstance(build_cell(cell_cfg("lstm"), 4, 6), FusedRecurrent)
+    assert isinstance(build_cell(cell_cfg("gru", kernel="auto"), 4, 6), StackedRecurrent)
+    assert isinstance(build_cell(cell_cfg("lstm", kernel="auto"), 6, 4), StackedRecurrent)
+    assert isinstance(build_cell(cell_cfg("lstm", kernel="auto"), 4, 6), FusedRecurrent)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert isinstance(build_cell(cell_cfg("gru"), 4, 6), FusedRecurrent)
+    assert isinstance(build_cell(cell_cfg("gru", kernel="auto"), 4, 6), FusedRecurrent)
     with pytest.raises(UserError, match="cell.kernel"):
         build_cell(cell_cfg("lstm", kernel="fast"), 4, 6)
     torch.manual_seed(0)
