@@ -360,6 +360,7 @@ def cmd_train(args: list[str]) -> int:
             resolved = to_dict(cfg)
             distributed.broadcast((resolved, str(run_dir)), world)
             summary = train(resolved, run_dir)
+            distributed.barrier(world)  # the other ranks wait for rank 0's test evaluation, then all tear down
         except UserError as e:
             _discard_unstarted(run_dir)
             _fail(e)
@@ -392,6 +393,7 @@ def _train_follower(world) -> int:
     try:
         cfg, run_dir = distributed.broadcast(None, world)
         train(cfg, Path(run_dir))
+        distributed.barrier(world)  # leave together with rank 0 (see cmd_train), not while it still evaluates
     except TrainingStopped as e:
         sys.exit(e.exit_code)  # rank 0 says why
     finally:
