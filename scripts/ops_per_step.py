@@ -23,10 +23,11 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from tensorlstm.cells import build_cell
+from tensorlstm.defaults import cell_config
 
-BASE = {"base": "lstm", "format": "dense", "rank": 4, "blocks": 2, "d": 4, "in_modes": None, "hidden_modes": None,
-        "hidden_size": None, "gate_mode": "first", "factorize_hidden": False, "forward": "auto", "layers": 1,
-        "dropout": 0.0, "recurrent_dropout": 0.0, "gate_activation": "sigmoid", "reset_after": True}
+BASE = cell_config("lstm", rank=4, blocks=2, d=4, in_modes=None, hidden_modes=None, hidden_size=None,
+                   gate_mode="first", factorize_hidden=False, forward="auto", layers=1, dropout=0.0,
+                   recurrent_dropout=0.0, gate_activation="sigmoid", reset_after=True)
 TLSTM = {"name": "tlstm", "P": 4, "M": None, "K": None, "feedback": True, "memory_conv": True, "norm": "none",
          "forget_bias": 1.0, "dropout": 0.0}
 CASES = {

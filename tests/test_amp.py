@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from tensorlstm.cells import build_cell
+from tensorlstm.defaults import cell_config
 from tensorlstm.tensor import FORMATS, build_map, gate_modes, kernels
 from tensorlstm.tensor import bt as bt_module
 
@@ -107,10 +108,9 @@ def test_mode_product_float64_is_untouched_by_autocast():
     assert x.grad.dtype == mat.grad.dtype == torch.float64
 
 
-RECURRENT = {"base": "lstm", "format": "dense", "rank": 2, "blocks": 2, "d": 3, "in_modes": None,
-             "hidden_modes": None, "hidden_size": None, "gate_mode": "first", "factorize_hidden": False,
-             "forward": "auto", "layers": 1, "dropout": 0.0, "recurrent_dropout": 0.0, "gate_activation": "sigmoid",
-             "reset_after": True}
+RECURRENT = cell_config("lstm", rank=2, blocks=2, d=3, in_modes=None, hidden_modes=None, hidden_size=None,
+                        gate_mode="first", factorize_hidden=False, forward="auto", layers=1, dropout=0.0,
+                        recurrent_dropout=0.0, gate_activation="sigmoid", reset_after=True)
 TLSTM = {"P": 3, "M": None, "K": None, "feedback": True, "memory_conv": True, "norm": "none", "forget_bias": 1.0,
          "dropout": 0.0}
 CELLS = {

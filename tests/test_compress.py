@@ -88,11 +88,11 @@ CCFG = {"iterations": 100, "tol": 1e-12, "seed": 0}
 
 def _dense_and_factorized(base, fmt, rank, extra=None, dense_extra=None):
     from tensorlstm.cells import build_cell
+    from tensorlstm.defaults import cell_config
 
-    lstm = {"name": "lstm", "base": base, "format": "dense", "rank": None, "layers": 2, "dropout": 0.0,
-            "recurrent_dropout": 0.0, "gate_activation": "sigmoid", "reset_after": True, "d": 3,
-            "in_modes": None, "hidden_modes": None, "hidden_size": None, "gate_mode": "first",
-            "factorize_hidden": False, "forward": "auto", "blocks": 2}
+    lstm = cell_config("lstm", base=base, rank=None, layers=2, dropout=0.0, recurrent_dropout=0.0,
+                       gate_activation="sigmoid", reset_after=True, d=3, in_modes=None, hidden_modes=None,
+                       hidden_size=None, gate_mode="first", factorize_hidden=False, forward="auto", blocks=2)
     torch.manual_seed(5)
     dense = build_cell({**lstm, **(dense_extra or {})}, 12, 8).double()
     with torch.no_grad():  # biases of every kind non-zero, so their conversion is checked too

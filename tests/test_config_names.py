@@ -27,3 +27,19 @@ def test_a_checkpoint_saved_with_cell_mode_loads_and_resumes(tmp_path):
     assert config_differences(old, new) == []  # resume=auto still finds the old run
     assert config_differences(old, {**new, "cell": {**new["cell"], "forward": "auto"}}) == [
         "cell.forward: 'reconstruct' -> 'auto'"]
+
+
+def test_a_checkpoint_saved_before_cell_kernel_rebuilds_torch_nn(tmp_path):
+    """Configs from before cell.kernel ran torch.nn.LSTM: loading one adds kernel=torch, so the same module (and
+    state dict) is rebuilt, and resuming it sees no config change."""
+    from tensorlstm.cells import build_cell
+    from tensorlstm.cells.recurrent import FusedRecurrent
+
+    new = {"cell": cell_config("gru", kernel="torch")}
+    old = {"cell": {k: v for k, v in new["cell"].items() if k != "kernel"}}
+    path = save_checkpoint({"model": {}, "config": old}, tmp_path / "old.pt")
+    cell = load_checkpoint(path)["config"]["cell"]
+    assert cell["kernel"] == "torch"
+    assert isinstance(build_cell(cell, 6, 4), FusedRecurrent)
+    assert config_differences(old, new) == []
+    assert config_differences(old, {"cell": {**new["cell"], "kernel": "loop"}}) == ["cell.kernel: 'torch' -> 'loop'"]

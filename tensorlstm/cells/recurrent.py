@@ -375,8 +375,7 @@ def dense_kernel(cfg: dict, base: str, input_size: int, hidden_size: int) -> str
     nn.GRU (1.24x at B32 x T100, 256 -> 512) and beats nn.LSTM where the input is wide (2.2x at UCF11's 57,600 ->
     256: oneDNN's LSTM also computes the input gradient nobody asked for), while nn.LSTM is ~4% ahead at
     256 -> 512. With CUDA available cuDNN runs the whole sequence in a few kernels, so torch."""
-    # configs saved before cell.kernel existed ran torch.nn: rebuilding their checkpoints needs the same module
-    kernel = cfg.get("kernel", "torch")
+    kernel = cfg["kernel"]  # configs saved before the key get kernel=torch from engine.checkpoint.upgrade_config
     if kernel not in KERNELS:
         raise UserError(f"cell.kernel={kernel!r}; choose one of: {', '.join(KERNELS)}")
     if kernel != "auto":

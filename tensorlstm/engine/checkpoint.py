@@ -20,12 +20,18 @@ RESUMABLE_CHANGES = frozenset({"resume", "logger", "trainer", "device", "threads
 
 
 def upgrade_config(cfg: dict) -> dict:
-    """A config saved before a key was renamed, with today's names (cell.mode -> cell.forward); others unchanged."""
+    """A config saved before a key was renamed or added, in today's terms; others unchanged.
+
+    cell.mode is now cell.forward; a config from before cell.kernel existed ran torch.nn.LSTM/GRU, so it gets
+    kernel=torch (its checkpoint holds that module's weights)."""
     cell = cfg.get("cell")
-    if isinstance(cell, dict) and "mode" in cell and "forward" not in cell:
+    if not isinstance(cell, dict):
+        return cfg
+    if "mode" in cell and "forward" not in cell:
         cell = {("forward" if k == "mode" else k): v for k, v in cell.items()}
-        return {**cfg, "cell": cell}
-    return cfg
+    if "kernel" not in cell:
+        cell = {**cell, "kernel": "torch"}
+    return cfg if cell is cfg["cell"] else {**cfg, "cell": cell}
 
 
 def config_differences(old: dict, new: dict) -> list[str]:
