@@ -11,12 +11,14 @@ from __future__ import annotations
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from tensorlstm.errors import UserError
-from tensorlstm.paths import check_config_dir, config_dir
+from tensorlstm.paths import check_config_dir, config_dir, register_resolvers
 
 CONFIG_DIR = config_dir()  # configs/ of a checkout, the packaged copy, or $TLSTM_CONFIG_DIR
+register_resolvers()  # at import: a submitit job process imports this module before Hydra names its folder
 GROUPS = ("task", "cell", "optim", "trainer", "logger", "experiment")
 USAGE = """usage: tlstm <command> [args]
 
@@ -377,6 +379,8 @@ def cmd_train(args: list[str]) -> int:
         print(f"final metrics: {json.dumps(final_metrics(summary))}")
         return summary["best_valid"]  # the task's validation metric: what a sweeper (Optuna) optimises
 
+    # optuna 2.10 (the newest hydra-optuna-sweeper allows) imports a name SQLAlchemy 2 moved: noise, not a fault
+    warnings.filterwarnings("ignore", message=r"The ``declarative_base\(\)`` function is now available")
     sys.argv = ["tlstm train", *args]
     try:
         job()

@@ -11,6 +11,7 @@ import yaml
 from conftest import TINY, run_tlstm
 
 from tensorlstm.cli import _sweeper_direction, compose, main
+from tensorlstm.paths import SUBDIR_MAX, sweep_subdir
 
 SHORT = ["trainer.max_steps=6", "trainer.eval_every=3", "cell=tt", "hydra.sweep.subdir=${hydra.job.num}"]
 
@@ -46,13 +47,23 @@ def test_launcher_configs_compose(launcher, target):
 
 
 def test_submitit_local_launcher_runs_a_two_job_sweep(tmp_path):
+    long_value = "run/" + "x" * 300  # a '/' and a name over the file-name limit: one folder per job all the same
     r = run_tlstm("train", "-m", "hydra/launcher=submitit_local", *TINY, "trainer.max_steps=3",
-                  "trainer.eval_every=3", "cell=lstm,tt", "hydra.sweep.subdir=${hydra.job.num}",
+                  "trainer.eval_every=3", "cell=lstm,tt", f"logger.project={long_value}",
                   f"hydra.sweep.dir={tmp_path}", timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
-    summaries = [json.loads(p.read_text()) for p in sorted(tmp_path.glob("*/summary.json"))]
+    jobs = sorted(tmp_path.glob("*/summary.json"))
+    summaries = [json.loads(p.read_text()) for p in jobs]
     assert [s["cell"] for s in summaries] == ["lstm", "tt"] and all(s["steps"] == 3 for s in summaries)
+    assert [p.parent.name[:2] for p in jobs] == ["0_", "1_"]
+    assert all(len(p.parent.name) <= 2 + SUBDIR_MAX for p in jobs)
     assert (tmp_path / ".submitit").is_dir()  # ran through submitit, each job in its own process
+
+
+def test_sweep_subdir_flattens_paths_and_cuts_long_names_with_a_hash():
+    assert sweep_subdir("cell=gru,task.data_dir=../shared/data") == "cell=gru,task.data_dir=.._shared_data"
+    a, b = sweep_subdir("a=" + "x" * 300 + ",b=1"), sweep_subdir("a=" + "x" * 300 + ",b=2")
+    assert len(a) == len(b) == SUBDIR_MAX and a != b  # cut to the limit, told apart by the hash of the whole
 
 
 @pytest.mark.parametrize("sweeper", ["optuna", "optuna_search"])
