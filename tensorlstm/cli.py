@@ -31,6 +31,7 @@ USAGE = """usage: tlstm <command> [args]
   reproduce <table> [--rows A,B] [--folds 0,1|all] [--collect] [--publish] [overrides]
                                    run the rows of configs/table/<table>.yaml; write table.md/.csv,
                                    report.md, params_vs_metric.png, curves.png (--publish: to docs/results/)
+  reproduce --publish              regenerate README's results section and docs/results.md from docs/results/
   bench [--quick] [--out F]        speed benchmark of the maps and cells (ratios to dense baselines)
 
 configs: {config_dir}  (TLSTM_CONFIG_DIR=<dir> uses a folder of your own)
@@ -539,8 +540,16 @@ def cmd_sample(args: list[str]) -> int:
 
 
 def cmd_reproduce(args: list[str]) -> int:
-    from tensorlstm.reproduce.table import reproduce
+    from tensorlstm.reproduce.table import publish_index, reproduce
 
+    checkout = Path(__file__).resolve().parent.parent  # --publish writes docs/results/ of the source checkout
+    if args == ["--publish"]:  # only regenerate README's results section and docs/results.md from docs/results/
+        if not (checkout / "docs" / "results").is_dir():
+            raise UserError("--publish regenerates a source checkout's README.md and docs/results.md; run it from a "
+                            "git clone of tensorlstm (pip install -e .)")
+        changed = publish_index(checkout)
+        print("regenerated: " + (", ".join(str(p) for p in changed) if changed else "nothing (already up to date)"))
+        return 0
     if not args or args[0].startswith("-"):
         raise UserError(f"tlstm reproduce needs a table name; choose one of: {', '.join(_choices('table'))}")
     rest, rows = list(args[1:]), None
@@ -553,7 +562,6 @@ def cmd_reproduce(args: list[str]) -> int:
     if any(a.startswith("--") for a in rest):
         raise UserError(f"tlstm reproduce: unknown flag {next(a for a in rest if a.startswith('--'))}; "
                         "use --rows A,B --folds 0,1,2|all --collect --publish or key=value overrides")
-    checkout = Path(__file__).resolve().parent.parent  # --publish writes docs/results/ of the source checkout
     if publish and not (checkout / "configs" / "train.yaml").is_file():
         raise UserError("--publish writes into a source checkout's docs/results/ and README.md; run it from a "
                         "git clone of tensorlstm (pip install -e .)")

@@ -4,6 +4,7 @@ the report and the README's generated results section, and the refusal of tLSTM 
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 from conftest import ROOT
@@ -103,3 +104,70 @@ def test_tlstm_cn_is_refused_on_next_step_tasks_unless_opted_in(task, capsys):
     capsys.readouterr()
     assert main(["info", "task=addition", "cell=tlstm", "cell.norm=cn", "cell.M=8"]) == 0  # no next-step score
     assert json.loads(capsys.readouterr().out)["params_total"] > 0
+
+
+def test_committed_results_sections_are_what_the_generator_makes(tmp_path):
+    """README's results section and docs/results.md's index are generated from docs/results/: a hand edit of
+    either (or a report published without regenerating them) fails here; `tlstm reproduce --publish` fixes it."""
+    generated = rt.generated_files(ROOT)
+    assert set(generated) == {ROOT / "README.md", ROOT / "docs" / "results.md"}
+    for path, text in generated.items():
+        assert rt.README_BEGIN in text or rt.INDEX_BEGIN in text
+        assert path.read_text() == text, f"{path} differs from the generator: run `tlstm reproduce --publish`"
+    # the same check on a copy whose README results were edited by hand: the generator puts the reports' back
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "results.md").write_text((ROOT / "docs" / "results.md").read_text())
+    import shutil
+    shutil.copytree(ROOT / "docs" / "results", tmp_path / "docs" / "results")
+    readme = (ROOT / "README.md").read_text()
+    edited = readme.replace(rt.README_END, "| a row typed by hand | - | 1.23 | 4 |\n" + rt.README_END)
+    assert edited != readme
+    (tmp_path / "README.md").write_text(edited)
+    assert rt.generated_files(tmp_path)[tmp_path / "README.md"] == readme
+    assert rt.publish_index(tmp_path) == [tmp_path / "README.md"] and (tmp_path / "README.md").read_text() == readme
+
+
+def test_curve_trend_is_the_log_step_line_of_the_last_half():
+    points = [(s, 100.0 - 3.0 * math.log2(s)) for s in (25, 50, 100, 200, 400, 800)]
+    t = rt.curve_trend(points)
+    assert t["per_doubling"] == pytest.approx(-3.0) and t["at_twice"] == pytest.approx(100.0 - 3.0 * math.log2(1600))
+    assert t["fit_from"] == 200 and t["points"] == 6 and t["last"] == (800, points[-1][1])
+    assert rt.curve_trend(points[:3]) is None
+
+
+def test_an_unfinished_row_is_shown_as_partial_with_its_trend(tmp_path):
+    """A run stopped part-way (last.pt, metrics, no summary): its latest validation value is labelled unfinished
+    in the table and the README, never as a test result; its params come from train.log; the report fits its curve."""
+    out = tmp_path / "outputs" / "reproduce" / "ye2018_draw"
+    run = out / "no_attention_TT-LSTM_encoder_ranks_1-4-4-4-1"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "last.pt").write_bytes(b"")
+    (run / ".hydra").mkdir()
+    (run / ".hydra" / "config.yaml").write_text(
+        "trainer: {max_steps: 100000, eval_every: 25}\ntask: {batch_size: 100}\n")
+    values = [(25, 200.0), (50, 170.0), (75, 160.0), (100, 150.0), (125, 146.0), (150, 141.0)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "split": "valid", "nll_bound": v}) + "\n"
+                                               for s, v in values))
+    (run / "train.log").write_text(
+        '[t][tensorlstm][INFO] - model: {"params_total": 884568, "params_input_map": 1920}\n')
+    project = tmp_path / "project"
+    (project / "docs").mkdir(parents=True)
+    (project / "README.md").write_text(f"# x\n\n{rt.README_BEGIN}\n{rt.README_END}\n")
+    (project / "docs" / "results.md").write_text(f"# r\n\n{rt.INDEX_BEGIN}\n{rt.INDEX_END}\n")
+    assert rt.reproduce("ye2018_draw", ROOT / "configs", [], collect_only=True, out_root=out.parent,
+                        publish_to=project) == 0
+    row = rt.collect_row(rows_of("ye2018_draw")["no attention TT-LSTM encoder (ranks 1-4-4-4-1)"],
+                         rt.load_table("ye2018_draw", ROOT / "configs"), run)
+    assert row["ours"] is None and (row["partial_step"], row["partial_valid"], row["params"]) == (150, 141.0, 1920)
+    report = (out / "report.md").read_text()
+    assert "| no attention TT-LSTM encoder (ranks 1-4-4-4-1) | - | unfinished (valid 141 at step 150) |" in report
+    assert "running or interrupted at step 150 (resumable) | - / 100,000 | 25 | 100 |" in report
+    t = rt.curve_trend(values)
+    trend = f"{t['per_doubling']:+.3g} per doubling (steps 100-150) | {t['at_twice']:.4g} at step 300 |"
+    assert f"| 6 | 200 at 25 | 141 at 150 | 141 at 150 | {trend}" in report
+    readme = (project / "README.md").read_text()
+    assert "0 of 6 rows finished, 1 stopped part-way" in readme
+    name = "no attention TT-LSTM encoder (ranks 1-4-4-4-1)"
+    assert f"| {name} | - | unfinished: valid 141 at step 150 | 1,920 |" in readme
+    index = (project / "docs" / "results.md").read_text()
+    assert "### Ye 2018" in index and "(results/ye2018_draw/report.md)" in index and "unfinished (valid 141" in index
