@@ -187,28 +187,35 @@ def preflight(overrides: list[str], showing: bool = False) -> list[str]:
     """Validate the overrides of a single run; return them with hydra.run.dir set when resuming.
 
     `resume=<run dir or .pt>` starts from that run's own overrides (.hydra/overrides.yaml), so the same
-    task and cell are rebuilt; overrides given now come after them (e.g. a larger trainer.max_steps).
+    task and cell are rebuilt; overrides given now come after them (e.g. a larger trainer.max_steps), and the
+    run's saved values follow where today's defaults differ (`_resume_pins`), so an old run trains as it did.
     `showing` (--cfg): validate only; nothing is created or resumed."""
     from tensorlstm.engine.build import check_fits
 
-    overrides = [*_saved_overrides(overrides), *overrides]
+    now = overrides
+    overrides = [*_saved_overrides(now), *now]
     full, cfg = load_config(overrides, hydra=True)
     if showing:
         return overrides
     check_fits(cfg)
     resume = cfg["resume"]
     explicit_dir = any(o.startswith("hydra.run.dir=") for o in overrides)
-    if resume in (None, "", "none", "null") or (explicit_dir and resume == "auto"):
+    if resume in (None, "", "none", "null"):
         _check_writable(Path(full.hydra.run.dir), "hydra.run.dir")
         return overrides
-    run_dir = _resume_dir(str(resume), Path(full.hydra.run.dir), cfg)
-    if explicit_dir:
-        return overrides
+    if explicit_dir and resume == "auto":  # e.g. tlstm reproduce: this very dir, resumed when it holds a run
+        run_dir, pins = Path(full.hydra.run.dir), []
+        if (run_dir / "checkpoints" / "last.pt").exists():
+            pins = _say_pins(run_dir, _resume_pins(run_dir, _run_overrides(run_dir), now, cfg, same_command=True) or [])
+        if not pins:
+            _check_writable(run_dir, "hydra.run.dir")
+        return [*overrides, *pins]
+    run_dir, pins = _resume_dir(str(resume), Path(full.hydra.run.dir), cfg, now)
     if run_dir is None:
         _check_writable(Path(full.hydra.run.dir), "hydra.run.dir")
         print("tensorlstm: resume=auto found no unfinished run of this config; starting a new run")
         return overrides
-    return [*overrides, f"hydra.run.dir={run_dir}"]
+    return [*overrides, *pins] if explicit_dir else [*overrides, *pins, f"hydra.run.dir={run_dir}"]
 
 
 def preflight_sweep(overrides: list[str], showing: bool = False) -> None:
@@ -262,42 +269,106 @@ def _check_writable(path: Path, key: str) -> None:
 
 def _saved_overrides(overrides: list[str]) -> list[str]:
     """The overrides a run was started with, when `resume=` names a run dir or a checkpoint in one."""
-    from omegaconf import OmegaConf
-
     value = next((o.partition("=")[2] for o in overrides if o.startswith("resume=")), None)
     if value in (None, "", "auto", "null", "none"):
         return []
     from tensorlstm.engine.checkpoint import run_dir_of
 
-    saved = run_dir_of(value) / ".hydra" / "overrides.yaml"
+    return _run_overrides(run_dir_of(value))
+
+
+def _run_overrides(run_dir: Path) -> list[str]:
+    """A run's own overrides (.hydra/overrides.yaml) without the hydra.* and resume= ones; [] without the file."""
+    from omegaconf import OmegaConf
+
+    saved = run_dir / ".hydra" / "overrides.yaml"
     if not saved.is_file():
         return []
     return [o for o in OmegaConf.to_container(OmegaConf.load(saved))
             if not o.startswith(("hydra.", "resume="))]
 
 
-def _resume_dir(resume: str, new_run_dir: Path, cfg: dict) -> Path | None:
+def _saved_config(run_dir: Path) -> dict | None:
     from omegaconf import OmegaConf
 
-    from tensorlstm.engine.checkpoint import check_resumable, config_differences, load_checkpoint, run_dir_of
+    saved = run_dir / ".hydra" / "config.yaml"
+    return OmegaConf.to_container(OmegaConf.load(saved), resolve=True) if saved.is_file() else None
+
+
+def _override_value(value) -> str:
+    """A value as Hydra's override grammar reads it back (null, true, 3, 1e-05, 'text', [1,2])."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_override_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{k}:{_override_value(v)}" for k, v in value.items()) + "}"
+    return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _resume_pins(run_dir: Path, run_overrides: list[str], now: list[str], cfg: dict,
+                 same_command: bool = False) -> list[str] | None:
+    """Overrides that keep a run's saved values of the keys whose defaults moved since it was saved (see
+    engine.checkpoint: the ADDED table and resume_pins), so it resumes and trains as before; keys the user sets
+    now (`now`, or changed by it against the run's own overrides) are not pinned. [] when nothing moved. With
+    `same_command` (resume=auto) the run qualifies only when its own overrides compose, today, to `cfg` up to
+    keys that may change on resume; else None."""
+    from tensorlstm.engine.checkpoint import config_differences, leaf_values, resume_pins
+
+    saved = _saved_config(run_dir)
+    if saved is None or not config_differences(saved, cfg):
+        return []
+    base = to_dict(compose(run_overrides))  # the run's own command, composed today
+    if same_command and config_differences(base, cfg):
+        return None
+    named = {o.lstrip("+~").partition("=")[0] for o in now if "=" in o}
+    named = {k for k in named if k not in GROUPS and "/" not in k and not k.startswith("hydra.")}
+    today, before = leaf_values(cfg), leaf_values(base)
+    named |= {k for k, v in today.items() if k not in before or before[k] != v}
+    pins = resume_pins(saved, cfg, named)
+    if same_command and any(d.partition(":")[0] not in pins for d in config_differences(saved, cfg)):
+        return None  # pinning leaves a difference: another run
+    return [f"{k}={_override_value(v)}" for k, v in pins.items()]
+
+
+def _say_pins(run_dir: Path, pins: list[str]) -> list[str]:
+    if pins:
+        print(f"tensorlstm: resume: {run_dir} keeps its saved values where today's defaults differ: {' '.join(pins)}")
+    return pins
+
+
+def _resume_dir(resume: str, new_run_dir: Path, cfg: dict, now: list[str]) -> tuple[Path | None, list[str]]:
+    """The run to continue and the overrides that pin its saved values (`_resume_pins`)."""
+    from tensorlstm.engine.checkpoint import check_resumable, load_checkpoint, run_dir_of
 
     if resume != "auto":
         run_dir = run_dir_of(resume)
         if not (run_dir / "checkpoints" / "last.pt").exists() and not resume.endswith(".pt"):
             raise UserError(f"resume={resume}: no checkpoints/last.pt there; pass a run dir of tlstm train")
         load_checkpoint(resume if resume.endswith(".pt") else run_dir / "checkpoints" / "last.pt", mmap=True)
-        saved = run_dir / ".hydra" / "config.yaml"
-        if saved.is_file():  # checked before Hydra rewrites the run's .hydra/ files
-            check_resumable(OmegaConf.to_container(OmegaConf.load(saved), resolve=True), cfg, str(run_dir))
-        return run_dir
-    candidates = []
+        saved = _saved_config(run_dir)
+        if saved is None:
+            return run_dir, []
+        pins = _say_pins(run_dir, _resume_pins(run_dir, _run_overrides(run_dir), now, cfg))
+        if pins:
+            _, cfg = load_config([*_run_overrides(run_dir), *now, *pins])
+        check_resumable(saved, cfg, str(run_dir))  # checked before Hydra rewrites the run's .hydra/ files
+        return run_dir, pins
+    found = []
     for d in new_run_dir.parent.glob("*"):
-        saved = d / ".hydra" / "config.yaml"
-        if (d / "checkpoints" / "last.pt").exists() and not (d / "summary.json").exists() and saved.exists():
-            old = OmegaConf.to_container(OmegaConf.load(saved), resolve=True)
-            if not config_differences(old, cfg):
-                candidates.append(d)
-    return max(candidates, key=lambda d: (d / "checkpoints" / "last.pt").stat().st_mtime) if candidates else None
+        if (d / "checkpoints" / "last.pt").exists() and not (d / "summary.json").exists() and \
+                (d / ".hydra" / "config.yaml").exists():
+            pins = _resume_pins(d, _run_overrides(d), now, cfg, same_command=True)
+            if pins is not None:
+                found.append((d, pins))
+    if not found:
+        return None, []
+    run_dir, pins = max(found, key=lambda f: (f[0] / "checkpoints" / "last.pt").stat().st_mtime)
+    return run_dir, _say_pins(run_dir, pins)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -502,20 +573,19 @@ def _load_for_eval(target: str, overrides: list[str], name: str):
     task, model, _ = build(cfg, prepare=True)
     device = resolve_device(cfg["device"])
     model.load_state_dict(ckpt["model"])
-    model.to(device).eval()
+    model.to(device)  # the task's evaluate/sample switch to eval mode (tasks.common.evaluating)
     task.device = device
     torch.manual_seed(int(cfg["seed"]))
     return task, model, cfg, ckpt_path, run_dir_of(ckpt_path)
 
 
 def cmd_eval(args: list[str]) -> int:
-    import torch
+    from tensorlstm.engine.trainer import test_evaluation
 
     if not args:
         raise UserError("tlstm eval needs a run directory or a checkpoint: tlstm eval outputs/<task>/<cell>/<time>")
     task, model, cfg, ckpt_path, run_dir = _load_for_eval(args[0], args[1:], "best.pt")
-    with torch.no_grad():
-        metrics = {k: float(v) for k, v in task.evaluate(model, "test").items()}
+    metrics, _ = test_evaluation(task, model, run_dir)  # as at the end of training: also the task's test files
     out = {"checkpoint": str(ckpt_path), "split": "test", **metrics}
     (run_dir / "eval.json").write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps(out))

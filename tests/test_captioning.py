@@ -338,6 +338,15 @@ def test_tiny_coco_run_writes_metrics_grids_and_results(tmp_path):
     assert sorted(r["image_id"] for r in results) == [111, 112, 113] and all(set(r) == {"image_id", "caption"}
                                                                           for r in results)
     assert (tmp_path / "coco" / "features" / "pixels4.npy").is_file()
+    # `tlstm eval` goes through the same test evaluation: the same metrics and the same test files again
+    from tensorlstm.cli import main
+
+    for name in ("captions_test.json", "captions_test.png"):
+        (run / name).unlink()
+    assert main(["eval", str(run)]) == 0
+    assert json.loads((run / "captions_test.json").read_text()) == results and (run / "captions_test.png").is_file()
+    evaluated = json.loads((run / "eval.json").read_text())
+    assert {k: evaluated[k] for k in summary["test"]} == summary["test"]
 
 
 def test_short_shapes_run_learns_from_the_image(tmp_path):

@@ -19,19 +19,117 @@ from tensorlstm.errors import UserError
 RESUMABLE_CHANGES = frozenset({"resume", "logger", "trainer", "device", "threads", "run_name", "compress"})
 
 
-def upgrade_config(cfg: dict) -> dict:
-    """A config saved before a key was renamed or added, in today's terms; others unchanged.
+# How a config saved by an older tensorlstm reads today: each key renamed, removed or added since the first release,
+# with the value that makes the code do what it did before the key existed. `upgrade_config` applies this table
+# (and only it); `resume_pins` then keeps the run's saved values where today's defaults moved (e.g.
+# task.predict_first false -> true), so an old run resumes and trains as it did. One entry per change, oldest first.
+RENAMED = {
+    "cell.mode": "cell.forward",  # c776ef8: `mode` meant three things; the forward strategy is cell.forward
+}
+REMOVED = {
+    "trainer.tbptt": "5a2a8ee: never read (truncated BPTT is task.bptt_len / the task's carried state)",
+}
+# (dotted key, which configs have it, value before the key existed: cfg -> value, why). "which" tells the cell and
+# task families apart: plain/factorized cells (configs/cell/lstm.yaml and its children) have `format`, tLSTM has `norm`.
+ADDED = (
+    ("task.reverse_digits", lambda c: c["task"]["name"] == "addition", lambda c: False,
+     "d794329: addition wrote the most significant digit first"),
+    ("cell.reset_after", lambda c: "format" in c["cell"], lambda c: True,
+     "d2038f7: the GRU was torch's form (reset applied after U_h, one extra bias)"),
+    ("trainer.stop_at", lambda c: True, lambda c: None, "db8e50a: no early stop"),
+    ("trainer.checkpoint_every_s", lambda c: True, lambda c: None, "36d3d78: last.pt at evaluations only"),
+    ("trainer.progress_every_s", lambda c: True, lambda c: 30.0,
+     "36d3d78: plain progress lines are new; logging only, today's period"),
+    ("cell.allow_lookahead", lambda c: "norm" in c["cell"], lambda c: c["cell"]["norm"] == "cn",
+     "4836146: norm=cn on a next-step task was not refused yet"),
+    ("compress", lambda c: "trainer" in c, lambda c: {"source": None}, "b14794f: every run started from a random init"),
+    ("trainer.amp_dtype", lambda c: True, lambda c: "fp16",
+     "4368259: trainer.amp was fp16 autocast, CUDA only (fp16 on a CPU is ignored today too)"),
+    ("trainer.tf32", lambda c: True, lambda c: False,
+     "4368259: strict fp32 matmuls (torch's default); torch's default also let cuDNN use TF32, which only an "
+     "nn.LSTM/GRU on an Ampere+ GPU would notice"),
+    ("optim.implementation", lambda c: True, lambda c: "default",
+     "5899d4e: torch chose the kernel (foreach on CUDA, the per-parameter loop on a CPU)"),
+    ("cell.kernel", lambda c: "format" in c["cell"], lambda c: "torch",
+     "ed51805: plain dense cells ran torch.nn.LSTM/GRU (the checkpoint holds that module's weights)"),
+    ("task.feature_device", lambda c: c["task"]["name"] == "captioning", lambda c: c["device"],
+     "2c6640e: captioning extracted its features on the run's device"),
+)
+# values whose type changed: (dotted key, old value -> today's)
+RETYPED = (
+    ("task.prefetch", {True: 1, False: 0}, "d794329: a bool (one background thread) became a thread count"),
+)
 
-    cell.mode is now cell.forward; a config from before cell.kernel existed ran torch.nn.LSTM/GRU, so it gets
-    kernel=torch (its checkpoint holds that module's weights)."""
-    cell = cfg.get("cell")
-    if not isinstance(cell, dict):
-        return cfg
-    if "mode" in cell and "forward" not in cell:
-        cell = {("forward" if k == "mode" else k): v for k, v in cell.items()}
-    if "kernel" not in cell:
-        cell = {**cell, "kernel": "torch"}
-    return cfg if cell is cfg["cell"] else {**cfg, "cell": cell}
+
+def _lookup(cfg: dict, dotted: str):
+    """(parent dict, last key) of a dotted key, or (None, key) when a parent is missing."""
+    *parents, last = dotted.split(".")
+    node = cfg
+    for k in parents:
+        node = node.get(k) if isinstance(node, dict) else None
+    return (node if isinstance(node, dict) else None), last
+
+
+def upgrade_config(cfg: dict) -> dict:
+    """A config saved before keys were renamed, removed or added (RENAMED, REMOVED, ADDED, RETYPED), in today's
+    terms, with the values that reproduce the behaviour it was trained with; a copy, the input is unchanged."""
+    import copy
+
+    cfg = copy.deepcopy(cfg)
+    for old, new in RENAMED.items():
+        parent, key = _lookup(cfg, old)
+        new_parent, new_key = _lookup(cfg, new)
+        if parent is not None and key in parent and new_parent is parent and new_key not in parent:
+            parent[new_key] = parent.pop(key)
+    for dotted in REMOVED:
+        parent, key = _lookup(cfg, dotted)
+        if parent is not None:
+            parent.pop(key, None)
+    for dotted, applies, before, _why in ADDED:
+        parent, key = _lookup(cfg, dotted)
+        if parent is not None and key not in parent:
+            try:
+                if not applies(cfg):
+                    continue
+            except (KeyError, TypeError):  # a partial config (a test's, or a group without the marker key)
+                continue
+            parent[key] = before(cfg)
+    for dotted, mapping, _why in RETYPED:
+        parent, key = _lookup(cfg, dotted)
+        if parent is not None and isinstance(parent.get(key), bool):
+            parent[key] = mapping[parent[key]]
+    return cfg
+
+
+def leaf_values(cfg: dict, prefix: str = "") -> dict[str, Any]:
+    """Dotted key -> value of every non-dict entry."""
+    out: dict[str, Any] = {}
+    for k, v in cfg.items():
+        if isinstance(v, dict) and v:
+            out.update(leaf_values(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+# top-level keys a resumed run never takes from its saved config: how it was asked to resume, a name derived from
+# the task and cell, and `compress` (acts before the first step only)
+NOT_PINNED = ("resume", "run_name", "compress", "hydra")
+
+
+def resume_pins(saved: dict, today: dict, named: set[str]) -> dict[str, Any]:
+    """The saved run's values (after `upgrade_config`) of the keys where today's composition differs, other than
+    the keys the user names now (`named`: dotted keys or prefixes of them) and NOT_PINNED: what keeps an old run
+    training as it did when a default moved since. Keys today's config lacks are left to `check_resumable`."""
+    old, new = leaf_values(upgrade_config(saved)), leaf_values(today)
+    pins = {}
+    for key, value in old.items():
+        if key not in new or new[key] == value or key.split(".")[0] in NOT_PINNED:
+            continue
+        if any(key == n or key.startswith(n + ".") for n in named):
+            continue
+        pins[key] = value
+    return pins
 
 
 def config_differences(old: dict, new: dict) -> list[str]:

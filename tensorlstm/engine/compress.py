@@ -183,7 +183,7 @@ def copy_other_weights(dense: nn.Module, model: nn.Module, dense_nets: list, net
 
 def warm_start(cfg: dict, task, model: nn.Module, factory: CellFactory, device: torch.device) -> dict:
     """Steps 1-3 of the module docstring; returns the facts for summary.json."""
-    from tensorlstm.engine.trainer import _evaluate
+    from tensorlstm.engine.trainer import evaluate
 
     ccfg = cfg["compress"]
     ckpt_path, source_cfg = source_config(ccfg["source"], ccfg["checkpoint"])
@@ -199,12 +199,12 @@ def warm_start(cfg: dict, task, model: nn.Module, factory: CellFactory, device: 
     dense.to(device)
     if len(dense_factory.built) != len(factory.built):
         raise UserError(f"the task built {len(factory.built)} recurrent nets, the dense run {len(dense_factory.built)}")
-    before = _evaluate(task, dense, "test")
+    before = evaluate(task, dense, "test")
     matrices = []
     for i, (d_net, net) in enumerate(zip(dense_factory.built, factory.built)):
         matrices += compress_net(d_net, net, _prefixes(model, [net])[0].rstrip(".") or f"net{i}", ccfg)
     copied = copy_other_weights(dense, model, dense_factory.built, factory.built)
-    after = _evaluate(task, model, "test")
+    after = evaluate(task, model, "test")
     main = _prefixes(model, [primary_net(model, factory)])[0].rstrip(".")
     first = next(m for m in matrices if m["matrix"] == f"{main or 'net0'}.layers.0.input_map")
     facts = {

@@ -10,15 +10,16 @@ from torch import nn
 from tensorlstm.errors import UserError
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
-IMPLEMENTATIONS = ("auto", "fused", "foreach", "loop")
+IMPLEMENTATIONS = ("auto", "fused", "foreach", "loop", "default")
 FUSED = ("adam", "adamw", "sgd")  # torch has fused CPU and CUDA kernels for these
 
 
 def _implementation(name: str, impl: str, model: nn.Module) -> dict:
     """Keyword arguments that select torch's optimizer kernel: `auto` takes the fused one where torch has it
     for every parameter's device (one kernel over all tensors), else foreach (one op per step over the list);
-    `loop` is torch's per-parameter for-loop. The choice is fixed by the config, so a resumed run takes the same
-    kernel and stays bit-identical."""
+    `loop` is torch's per-parameter for-loop; `default` leaves the choice to torch (foreach on CUDA, the loop on
+    a CPU), as every run did before this key existed. The choice is fixed by the config, so a resumed run takes
+    the same kernel and stays bit-identical."""
     if impl not in IMPLEMENTATIONS:
         raise UserError(f"optim.implementation={impl!r}; choose one of: {', '.join(IMPLEMENTATIONS)}")
     devices = {p.device.type for p in model.parameters()}
@@ -26,6 +27,8 @@ def _implementation(name: str, impl: str, model: nn.Module) -> dict:
     if impl == "fused" and not fusable:
         raise UserError(f"optim.implementation=fused: torch has no fused {name} for {sorted(devices)}; "
                         "use auto or foreach")
+    if impl == "default":
+        return {}
     if impl == "loop":
         return {"foreach": False}
     if impl == "foreach" or not fusable:

@@ -34,6 +34,7 @@ from tensorlstm.engine.logger import RunLogger, read_metrics, rewrite_metrics
 from tensorlstm.engine.optim import build_optimizer, build_scheduler
 from tensorlstm.engine.seeding import resolve_device, rng_state, seed_everything, set_rng_state, set_tf32
 from tensorlstm.errors import UserError
+from tensorlstm.tasks.common import evaluating
 
 log = logging.getLogger("tensorlstm")
 
@@ -145,7 +146,7 @@ def train(cfg: dict, run_dir: Path) -> dict:
         # on the CPU: RNG states must stay CPU ByteTensors; the optimizer moves its state to the parameters
         ckpt = load_checkpoint(resume_from, map_location="cpu")
         check_resumable(ckpt["config"], cfg, str(resume_from))
-        source = (ckpt["config"].get("compress") or {}).get("source")  # `compress` is no resume key, but its source is
+        source = ckpt["config"]["compress"]["source"]  # `compress` is no resume key, but its source is
         if source != cfg["compress"]["source"]:
             raise UserError(f"resume: {run_dir} fine-tunes a compression of {source}, not of "
                             f"{cfg['compress']['source']}; start a new run")
@@ -230,11 +231,11 @@ def train(cfg: dict, run_dir: Path) -> dict:
     last_saved = time.monotonic()
     progress = Progress(tcfg if world.main else {**tcfg, "progress": False}, step, max_steps)
     exit_code = 0
+    model.train()  # every evaluation below runs in tasks.common.evaluating, which puts this mode back
     try:
         with _Signals() as signals, progress.redirect_logging():
             while step < max_steps:
                 t0 = time.perf_counter()
-                model.train()
                 batch = to_device(distributed.shard(task.train_batch(step), world), device, device.type == "cuda")
                 with autocast():
                     loss, stats, new_carry = task.loss(train_model, batch, carry if task.carries_state else None)
@@ -283,12 +284,13 @@ def train(cfg: dict, run_dir: Path) -> dict:
                     progress.loss = record["loss"]
                 progress.update(step)
                 if step % eval_every == 0 or step == max_steps:
-                    metrics = _evaluate(task, model, "valid") if world.main else None
+                    metrics = evaluate(task, model, "valid") if world.main else None
                     metrics = distributed.broadcast(metrics, world)  # rank 0 evaluates; all decide alike
                     record = {"step": step, "split": "valid", **metrics}
                     history.append(record)
                     if world.main:
-                        images = [p for p in task.artifacts(model, run_dir, step) if str(p).endswith(".png")]
+                        with evaluating(model):
+                            images = [p for p in task.artifacts(model, run_dir, step) if str(p).endswith(".png")]
                         logger.log(record, images)
                     log.info("step %d valid %s", step, json.dumps(rounded(metrics)))
                     value = metrics.get(task.metric)
@@ -328,10 +330,9 @@ def train(cfg: dict, run_dir: Path) -> dict:
     if best_path.exists():
         model.load_state_dict(distributed.clean_state_dict(load_checkpoint(best_path)["model"]))
     final_valid = history[-1] if history else {}
-    test = _evaluate(task, model, "test") if tcfg["test_at_end"] else {}
+    test, files = test_evaluation(task, model, run_dir) if tcfg["test_at_end"] else ({}, [])
     if test:
-        images = [p for p in task.test_artifacts(model, run_dir) if str(p).endswith(".png")]
-        logger.log({"step": step, "split": "test", **test}, images)
+        logger.log({"step": step, "split": "test", **test}, [p for p in files if str(p).endswith(".png")])
     summary = {
         "task": cfg["task"]["name"],
         "cell": cfg["cell"]["name"],
@@ -422,10 +423,19 @@ def _reached(value, target, higher: bool) -> bool:
     return float(value) >= float(target) if higher else float(value) <= float(target)
 
 
-def _evaluate(task, model: nn.Module, split: str) -> dict[str, float]:
-    model.eval()
-    with torch.no_grad():
+def evaluate(task, model: nn.Module, split: str) -> dict[str, float]:
+    """The task's metrics on a split as floats, in eval mode without autograd (tasks.common.evaluating); the
+    model's mode is restored after. Validation, the final test, `tlstm compress` and `tlstm eval` all use it."""
+    with evaluating(model):
         return {k: float(v) for k, v in task.evaluate(model, split).items()}
+
+
+def test_evaluation(task, model: nn.Module, run_dir: Path) -> tuple[dict[str, float], list[Path]]:
+    """The test split's metrics and the task's test files (e.g. captions_test.json): the end of training and
+    `tlstm eval` alike."""
+    metrics = evaluate(task, model, "test")
+    with evaluating(model):
+        return metrics, task.test_artifacts(model, Path(run_dir))
 
 
 def _clip(model: nn.Module, tcfg: dict) -> None:

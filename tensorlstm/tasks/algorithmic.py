@@ -21,7 +21,7 @@ from torch import nn
 
 from tensorlstm.errors import UserError
 from tensorlstm.tasks.base import Batch, CellFactory, Task
-from tensorlstm.tasks.common import seeded_generator
+from tensorlstm.tasks.common import evaluating, seeded_generator
 
 
 class SequenceClassifierHead(nn.Module):
@@ -80,20 +80,20 @@ class GeneratedSequenceTask(Task):
             stats = {"accuracy": correct[m].float().mean(), "seq_accuracy": correct.all(1).float().mean()}
         return loss, stats, None
 
-    @torch.no_grad()
     def evaluate(self, model: nn.Module, split: str) -> dict[str, float]:
         x, y, m = self.splits[split]
         n_sym = n_ok = n_seq = 0
         total_loss = 0.0
         bs = int(self.cfg["eval_batch_size"])
-        for i in range(0, x.shape[0], bs):
-            xb, yb, mb = (t[i : i + bs].to(self.device) for t in (x, y, m))
-            logits = model(xb)
-            total_loss += F.cross_entropy(logits[mb], yb[mb], reduction="sum").item()
-            correct = (logits.argmax(-1) == yb) | ~mb
-            n_ok += correct[mb].sum().item()
-            n_sym += mb.sum().item()
-            n_seq += correct.all(1).sum().item()
+        with evaluating(model):
+            for i in range(0, x.shape[0], bs):
+                xb, yb, mb = (t[i : i + bs].to(self.device) for t in (x, y, m))
+                logits = model(xb)
+                total_loss += F.cross_entropy(logits[mb], yb[mb], reduction="sum").item()
+                correct = (logits.argmax(-1) == yb) | ~mb
+                n_ok += correct[mb].sum().item()
+                n_sym += mb.sum().item()
+                n_seq += correct.all(1).sum().item()
         return {"loss": total_loss / n_sym, "accuracy": n_ok / n_sym, "seq_accuracy": n_seq / x.shape[0]}
 
     def summarize(self, history: list[dict]) -> dict:

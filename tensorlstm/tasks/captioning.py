@@ -31,7 +31,7 @@ from tensorlstm.models.decoding import beam_search, greedy
 from tensorlstm.models.image_encoder import CNNS, ENCODERS, ImageEncoder
 from tensorlstm.tasks.base import Batch, CellFactory, Task
 from tensorlstm.tasks.caption_metrics import METRICS, CaptionScorer
-from tensorlstm.tasks.common import EpochOrder
+from tensorlstm.tasks.common import EpochOrder, evaluating
 
 DATASETS = ("shapes", "coco")
 DEFAULT_ENCODER = {"shapes": "pixels", "coco": "inception_v3"}  # task.encoder=null
@@ -194,20 +194,17 @@ class CaptioningTask(Task):
             out.update({it.image_id: self.vocab.decode(s) for it, s in zip(chunk, seqs)})
         return out
 
-    @torch.no_grad()
     def evaluate(self, model: nn.Module, split: str) -> dict[str, float]:
         items = self._items(split)
-        was_training = model.training
-        model.eval()
-        hyps = self.caption(model, items)
-        tokens, rows = self._encode(items)
-        total = words = 0
-        for start in range(0, len(tokens), int(self.cfg["eval_batch_size"])):
-            batch = self._batch(tokens[start : start + int(self.cfg["eval_batch_size"])],
-                                rows[start : start + int(self.cfg["eval_batch_size"])])
-            nll, n = self._nll(model, {k: v.to(self.device) for k, v in batch.items()})
-            total, words = total + float(nll), words + int(n)
-        model.train(was_training)
+        with evaluating(model):
+            hyps = self.caption(model, items)
+            tokens, rows = self._encode(items)
+            total = words = 0
+            for start in range(0, len(tokens), int(self.cfg["eval_batch_size"])):
+                batch = self._batch(tokens[start : start + int(self.cfg["eval_batch_size"])],
+                                    rows[start : start + int(self.cfg["eval_batch_size"])])
+                nll, n = self._nll(model, {k: v.to(self.device) for k, v in batch.items()})
+                total, words = total + float(nll), words + int(n)
         self.generated[split] = hyps
         scores = self.scorer({it.image_id: it.captions for it in items}, hyps)
         return {**scores, "nll": total / max(words, 1)}

@@ -23,7 +23,7 @@ from tensorlstm.cells.base import RecurrentNet
 from tensorlstm.data.text import STANDARD_SPLIT, CharCorpus, load_char_corpus
 from tensorlstm.errors import UserError
 from tensorlstm.tasks.base import Batch, CellFactory, Task
-from tensorlstm.tasks.common import full_precision
+from tensorlstm.tasks.common import evaluating, full_precision
 
 LN2 = math.log(2.0)
 # symbols of the standard corpora (used to build the model without reading the data, for `tlstm info`)
@@ -158,25 +158,21 @@ class CharLMTask(Task):
             ids = ids[: int(limit) + 1]
         return ids
 
-    @torch.no_grad()
     def evaluate(self, model: nn.Module, split: str) -> dict[str, float]:
         xs, ys = stream_windows(self._eval_stream(split), self.eval_batch_size)
         xs, ys = xs.to(self.device), ys.to(self.device)
-        was_training = model.training
-        model.eval()
-        state, total = None, 0.0
-        for start in range(0, xs.shape[1], self.bptt):
-            logits, state = model(xs[:, start : start + self.bptt], state)
-            target = ys[:, start : start + self.bptt].reshape(-1).long()
-            total += float(
-                F.cross_entropy(full_precision(logits).reshape(-1, logits.shape[-1]), target, reduction="sum")
-            )
-        model.train(was_training)
+        with evaluating(model):
+            state, total = None, 0.0
+            for start in range(0, xs.shape[1], self.bptt):
+                logits, state = model(xs[:, start : start + self.bptt], state)
+                target = ys[:, start : start + self.bptt].reshape(-1).long()
+                total += float(
+                    F.cross_entropy(full_precision(logits).reshape(-1, logits.shape[-1]), target, reduction="sum")
+                )
         count = ys.numel()
         return {"bpc": bits_per_char(total, count), "nll": total / count}
 
     # -- samples ---------------------------------------------------------------------------------
-    @torch.no_grad()
     def sample(
         self,
         model: nn.Module,
@@ -186,17 +182,15 @@ class CharLMTask(Task):
         temperature: float = 1.0,
     ) -> torch.Tensor:
         """Feed `prime` (1-D ids), then draw `length` symbols one at a time. Returns the drawn ids."""
-        was_training = model.training
-        model.eval()
-        logits, state = model(prime.view(1, -1).to(self.device), None)
-        out, vocab = [], self.corpus.vocab_size if self.corpus is not None else logits.shape[-1]
-        for _ in range(length):
-            # only the data's symbols (a model built before the data was read may have spare outputs)
-            probs = torch.softmax(logits[0, -1, :vocab].float().cpu() / temperature, dim=-1)
-            nxt = torch.multinomial(probs, 1, generator=generator)
-            out.append(int(nxt))
-            logits, state = model(nxt.view(1, 1).to(self.device), state)
-        model.train(was_training)
+        with evaluating(model):
+            logits, state = model(prime.view(1, -1).to(self.device), None)
+            out, vocab = [], self.corpus.vocab_size if self.corpus is not None else logits.shape[-1]
+            for _ in range(length):
+                # only the data's symbols (a model built before the data was read may have spare outputs)
+                probs = torch.softmax(logits[0, -1, :vocab].float().cpu() / temperature, dim=-1)
+                nxt = torch.multinomial(probs, 1, generator=generator)
+                out.append(int(nxt))
+                logits, state = model(nxt.view(1, 1).to(self.device), state)
         return torch.tensor(out, dtype=torch.long)
 
     def artifacts(self, model: nn.Module, run_dir: Path, step: int) -> list[Path]:

@@ -1,8 +1,27 @@
-"""Small helpers the tasks share: seeded generators, epoch orders, full-precision losses."""
+"""Small helpers the tasks share: seeded generators, epoch orders, full-precision losses, evaluation mode."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
+from torch import nn
+
+
+@contextmanager
+def evaluating(model: nn.Module) -> Iterator[nn.Module]:
+    """The one way to evaluate: eval mode (no dropout) and no autograd inside the block, and the model's previous
+    mode back after it, also when the block raises. Tasks wrap their evaluate/sample bodies in it, the trainer and
+    `tlstm eval` every task.evaluate call (so a task that forgets still evaluates in eval mode); nesting is free.
+    (no_grad, as before, not inference_mode: tensors made in inference mode cannot enter autograd later.)"""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield model
+    finally:
+        model.train(was_training)
 
 
 def seeded_generator(*parts: int) -> torch.Generator:

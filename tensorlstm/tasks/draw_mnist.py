@@ -23,6 +23,7 @@ from tensorlstm.defaults import cell_config
 from tensorlstm.errors import UserError
 from tensorlstm.models.draw import DRAW, DrawShape, bernoulli_nll
 from tensorlstm.tasks.base import Batch, CellFactory, Task
+from tensorlstm.tasks.common import evaluating
 from tensorlstm.tensor import factorized_formats
 
 FACTORIZED = factorized_formats()
@@ -178,7 +179,6 @@ class DrawMNISTTask(Task):
             stats = {"bce": float(nll.mean()), "kl": float(kl.mean()), "nll_bound": float(loss)}
         return loss, stats, None
 
-    @torch.no_grad()
     def evaluate(self, model: nn.Module, split: str) -> dict[str, float]:
         self.prepare()
         if split not in ("valid", "test"):
@@ -188,19 +188,17 @@ class DrawMNISTTask(Task):
         if limit and split == "valid":
             images = images[: int(limit)]
         samples = max(1, int(self.cfg["eval_samples"]))
-        was_training = model.training
-        model.eval()
-        gen = torch.Generator(device=self.device).manual_seed(self.seed + (1 if split == "valid" else 2))
-        dtype = _dtype(model)
-        total_bce = total_kl = 0.0
-        for start in range(0, len(images), self.eval_batch_size):
-            x = torch.from_numpy(images[start : start + self.eval_batch_size].astype(np.float32))
-            x = x.to(device=self.device, dtype=dtype)
-            for _ in range(samples):
-                logits, kl = model(x, generator=gen)
-                total_bce += float(bernoulli_nll(logits, x).sum())
-                total_kl += float(kl.sum())
-        model.train(was_training)
+        with evaluating(model):
+            gen = torch.Generator(device=self.device).manual_seed(self.seed + (1 if split == "valid" else 2))
+            dtype = _dtype(model)
+            total_bce = total_kl = 0.0
+            for start in range(0, len(images), self.eval_batch_size):
+                x = torch.from_numpy(images[start : start + self.eval_batch_size].astype(np.float32))
+                x = x.to(device=self.device, dtype=dtype)
+                for _ in range(samples):
+                    logits, kl = model(x, generator=gen)
+                    total_bce += float(bernoulli_nll(logits, x).sum())
+                    total_kl += float(kl.sum())
         count = len(images) * samples
         bce, kl = total_bce / count, total_kl / count
         return {"nll_bound": bce + kl, "bce": bce, "kl": kl}
@@ -211,10 +209,8 @@ class DrawMNISTTask(Task):
         gen = None
         if seed is not None:
             gen = torch.Generator(device=self.device).manual_seed(seed)
-        was_training = model.training
-        model.eval()
-        logits = model.generate(n, device=self.device, generator=gen)
-        model.train(was_training)
+        with evaluating(model):
+            logits = model.generate(n, device=self.device, generator=gen)
         s = self.shape
         return torch.sigmoid(logits).float().cpu().numpy().reshape(s.glimpses, n, s.height, s.width)
 

@@ -19,7 +19,7 @@ from tensorlstm.cells.base import RecurrentNet
 from tensorlstm.data.idx import load_mnist
 from tensorlstm.errors import UserError
 from tensorlstm.tasks.base import Batch, CellFactory, Task
-from tensorlstm.tasks.common import EpochOrder, full_precision, seeded_generator
+from tensorlstm.tasks.common import EpochOrder, evaluating, full_precision, seeded_generator
 
 NUM_PIXELS = 784
 NUM_CLASSES = 10
@@ -137,19 +137,16 @@ class SequentialMNISTTask(Task):
         accuracy = (logits.argmax(-1) == batch["labels"]).float().mean()
         return loss, {"accuracy": float(accuracy)}, None
 
-    @torch.no_grad()
     def evaluate(self, model: nn.Module, split: str) -> dict[str, float]:
         images, labels = self.data[split]
-        was_training = model.training
-        model.eval()
-        correct, nll = 0, 0.0
-        for start in range(0, len(images), self.eval_batch_size):
-            x = images[start : start + self.eval_batch_size].to(self.device)
-            y = labels[start : start + self.eval_batch_size].to(self.device)
-            logits = model(x)
-            nll += float(F.cross_entropy(full_precision(logits), y, reduction="sum"))
-            correct += int((logits.argmax(-1) == y).sum())
-        model.train(was_training)
+        with evaluating(model):
+            correct, nll = 0, 0.0
+            for start in range(0, len(images), self.eval_batch_size):
+                x = images[start : start + self.eval_batch_size].to(self.device)
+                y = labels[start : start + self.eval_batch_size].to(self.device)
+                logits = model(x)
+                nll += float(F.cross_entropy(full_precision(logits), y, reduction="sum"))
+                correct += int((logits.argmax(-1) == y).sum())
         n = len(images)
         return {"accuracy": correct / n, "nll": nll / n, "error": 1.0 - correct / n}
 

@@ -27,7 +27,7 @@ from tensorlstm.cells.base import RecurrentNet
 from tensorlstm.data.piano_roll import NUM_KEYS, PianoRolls, load_piano_rolls
 from tensorlstm.errors import UserError
 from tensorlstm.tasks.base import Batch, CellFactory, Task
-from tensorlstm.tasks.common import EpochOrder, full_precision
+from tensorlstm.tasks.common import EpochOrder, evaluating, full_precision
 
 
 def masked_nll(
@@ -138,21 +138,18 @@ class PolyphonicTask(Task):
         tp, fp, fn = frame_counts(logits.detach(), targets, mask).tolist()
         return loss, {"nll": float(loss.detach()), "frame_accuracy": frame_accuracy(tp, fp, fn)}, None
 
-    @torch.no_grad()
     def evaluate(self, model: nn.Module, split: str) -> dict[str, float]:
         rolls = self.data[split]
         order = torch.argsort(rolls.lengths, descending=True)  # similar lengths together: less padding
-        was_training = model.training
-        model.eval()
-        total, frames = 0.0, 0
-        counts = torch.zeros(3, dtype=torch.int64)
-        for start in range(0, len(rolls), self.eval_batch_size):
-            batch, lengths = rolls.batch(order[start : start + self.eval_batch_size])
-            logits, targets, mask = self._predict(model, batch.to(self.device), lengths.to(self.device))
-            nll, n = masked_nll(full_precision(logits), targets, mask)
-            total += float(nll)
-            frames += int(n)
-            counts += frame_counts(logits, targets, mask).cpu()
-        model.train(was_training)
+        with evaluating(model):
+            total, frames = 0.0, 0
+            counts = torch.zeros(3, dtype=torch.int64)
+            for start in range(0, len(rolls), self.eval_batch_size):
+                batch, lengths = rolls.batch(order[start : start + self.eval_batch_size])
+                logits, targets, mask = self._predict(model, batch.to(self.device), lengths.to(self.device))
+                nll, n = masked_nll(full_precision(logits), targets, mask)
+                total += float(nll)
+                frames += int(n)
+                counts += frame_counts(logits, targets, mask).cpu()
         tp, fp, fn = counts.tolist()
         return {"nll": total / max(frames, 1), "frame_accuracy": frame_accuracy(tp, fp, fn)}

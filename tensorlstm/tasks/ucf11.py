@@ -33,6 +33,7 @@ from tensorlstm.data.ucf11 import PROTOCOLS, FrameCache, make_splits
 from tensorlstm.data.video import resample_indices, resize_frames
 from tensorlstm.errors import UserError
 from tensorlstm.tasks.base import Batch, CellFactory, Task
+from tensorlstm.tasks.common import evaluating
 
 NORMALIZATIONS = ("center", "channel_mean")
 
@@ -278,12 +279,9 @@ class UCF11Task(Task):
         stats = {"ce": float(ce.detach()), "accuracy": float(accuracy), "l2_classifier": float(l2.detach())}
         return loss, stats, None
 
-    @torch.no_grad()
     def evaluate(self, model: nn.Module, split: str) -> dict[str, float]:
-        was_training = model.training
-        model.eval()
         correct, ce_sum, count = 0, 0.0, 0
-        try:
+        with evaluating(model):
             for batch in self.eval_batches(split):
                 lengths = batch.get("lengths")
                 logits = model(batch["frames"].to(self.device),
@@ -292,8 +290,6 @@ class UCF11Task(Task):
                 ce_sum += float(F.cross_entropy(logits.float(), labels, reduction="sum"))
                 correct += int((logits.argmax(-1) == labels).sum())
                 count += len(labels)
-        finally:
-            model.train(was_training)
         return {"accuracy": correct / count, "loss": ce_sum / count}
 
     def summarize(self, history: list[dict]) -> dict:
