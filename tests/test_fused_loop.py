@@ -158,3 +158,22 @@ def test_tlstm_batched_weight_grad_equals_the_per_step_loop(kw):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
     for a, b in zip(g1, g2):  # relative: with norms at init some gradients are ~1e9
         torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-9 * (1 + b.abs().max().item()))
+
+
+@pytest.mark.parametrize("name,kw", [("lstm", dict(kernel="loop")), ("lstm", dict(kernel="torch")),
+                                     ("gru", dict(kernel="loop", reset_after=False)), ("tt", {})])
+def test_empty_sequence_gives_no_outputs_and_the_initial_state(name, kw):
+    """T = 0: an empty (B, 0, H) output and the state passed in (zeros when none), no error."""
+    net = build_cell(cell_config(name, layers=2, **kw), 6, 4)
+    y, state = net(torch.randn(3, 0, 6))
+    assert y.shape == (3, 0, 4)
+    ref = net.init_state(3)
+    assert len(state) == len(ref)
+    for got, want in zip(state, ref):
+        for a, b in zip(got, want):
+            assert torch.equal(a, b)
+    given = tuple(tuple(torch.randn_like(t) for t in s) for s in ref)
+    _, state = net(torch.randn(3, 0, 6), given)
+    for got, want in zip(state, given):
+        for a, b in zip(got, want):
+            assert torch.equal(a, b)

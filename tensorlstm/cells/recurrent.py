@@ -160,6 +160,8 @@ class RecurrentLayer(nn.Module):
         xw = self.project(x, time_major=True)
         if state is None:
             state = self.init_state(B, x.device, xw.dtype)
+        if T == 0:  # an empty sequence: no outputs, the state as it came in
+            return xw.new_zeros(B, 0, self.hidden_size), state
         U = self.recurrent_weight()
         h_mask = self._h_mask(B, xw)
         if self._fused_loop(lengths, xw):
@@ -320,6 +322,9 @@ class FusedRecurrent(RecurrentNet):
 
     def forward(self, x: torch.Tensor, state: State = None, lengths: torch.Tensor | None = None):
         x = sequence_dropout(x, self.input_dropout, self.training)
+        if x.shape[1] == 0:  # an empty sequence (torch.nn refuses it): no outputs, the state as it came in
+            state = self.init_state(x.shape[0], x.device, x.dtype) if state is None else state
+            return x.new_zeros(x.shape[0], 0, self.output_size), state
         if lengths is None:
             y, s = self.rnn(x, self._to_torch(state))
             return y, self._from_torch(s)

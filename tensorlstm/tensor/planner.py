@@ -138,6 +138,13 @@ class ChainStep:
     perm: tuple[int, ...] = ()  # operand axes -> (new axes..., contracted axes in acc order)
     n_new: int = 0
     equation: str = ""  # for kind "einsum"
+    # the product's sizes, for the time model: acc (pre, k, post) times an (n, k) operand (einsum: pre = the
+    # accumulator's kept axes, post = 1); merge: elements of the group's merge (0 when none)
+    pre: int = 0
+    k: int = 0
+    post: int = 0
+    n: int = 0
+    merge: int = 0
 
 
 @dataclass(frozen=True)
@@ -186,16 +193,15 @@ class ChainPlan:
         return acc
 
 
-def _search_chain(
+def chain_executions(
     x_axes: str,
     subs: tuple[str, ...],
     out_axes: str,
     sizes: dict[str, int],
     chain: tuple[tuple[int, ...], ...],
-    device_type: str,
-) -> ChainPlan | None:
-    """Best execution of one absorption order, branching on the order of each step's new axes."""
-    best: list[ChainPlan | None] = [None]
+) -> list[ChainPlan]:
+    """Every execution of one absorption order (branching on each step's kind and new-axes order)."""
+    found: list[ChainPlan] = []
     size_of = lambda axes: math.prod(sizes[c] for c in axes)  # noqa: E731
 
     def rec(i: int, acc: list[str], steps: list[ChainStep], flops: float, moved: float, largest: int) -> None:
@@ -204,9 +210,7 @@ def _search_chain(
             if "".join(acc) != x_axes[0] + out_axes:
                 final_perm = tuple(acc.index(c) for c in x_axes[0] + out_axes)
                 moved += 2 * size_of(acc)
-            cand = ChainPlan(tuple(steps), final_perm, flops, moved, largest)
-            if best[0] is None or cand.seconds(device_type, 4) < best[0].seconds(device_type, 4):
-                best[0] = cand
+            found.append(ChainPlan(tuple(steps), final_perm, flops, moved, largest))
             return
         group = chain[i]
         later = set(out_axes).union(*(set(subs[k]) for g in chain[i + 1 :] for k in g))
@@ -230,6 +234,8 @@ def _search_chain(
         if not batch and contiguous:
             start, stop = positions[0], positions[0] + len(positions)
             post = size_of(acc[stop:])
+            pre, k, n = size_of(acc[:start]), size_of(contracted), size_of(new)
+            out_size = acc_size // k * n
             orders = [new] if len(new) < 2 else [new, new[::-1]]
             for order in orders:
                 for kind in ("mm", "mmT") if post > 1 else ("mm",):
@@ -241,7 +247,6 @@ def _search_chain(
                         slow = 1.0
                     # mmT's transposed operand is copied (forward and backward): two more passes
                     copies = 2.0 * acc_size if kind == "mmT" else 0.0
-                    out_size = size_of(nxt)
                     step = ChainStep(
                         group,
                         merge_eq,
@@ -250,8 +255,13 @@ def _search_chain(
                         stop,
                         tuple(op_axes.index(c) for c in order + contracted),
                         len(order),
+                        pre=pre,
+                        k=k,
+                        post=post,
+                        n=n,
+                        merge=int(merge_flops // 2),
                     )
-                    f = 2.0 * size_of(acc + order) * slow + merge_flops
+                    f = 2.0 * acc_size * n * slow + merge_flops
                     rec(
                         i + 1,
                         nxt,
@@ -265,14 +275,15 @@ def _search_chain(
             nxt = kept + new
             out_size = size_of(nxt)
             eq = "".join(acc) + "," + "".join(op_axes) + "->" + "".join(nxt)
-            step = ChainStep(group, merge_eq, "einsum", equation=eq)
+            step = ChainStep(group, merge_eq, "einsum", equation=eq, pre=size_of(kept), k=size_of(contracted),
+                             post=1, n=size_of(new), merge=int(merge_flops // 2))
             f = 2.0 * size_of(list(dict.fromkeys(acc + op_axes))) + merge_flops
             # torch.einsum copies a permuted operand and its result: count those passes
             m = 3.0 * (acc_size + out_size)
             rec(i + 1, nxt, steps + [step], flops + f, moved + m, max(largest, out_size))
 
     rec(0, list(x_axes), [], 0.0, 0.0, 0)
-    return best[0]
+    return found
 
 
 @lru_cache(maxsize=1024)
@@ -294,10 +305,12 @@ def plan_chain(
     for s, shape in zip(subs, shapes):
         sizes.update(zip(s, shape))
     best: ChainPlan | None = None
+    best_s = math.inf
     for chain in chains:
-        cand = _search_chain(x_axes, subs, out_axes, sizes, chain, device_type)
-        if cand is not None and (best is None or cand.seconds(device_type, 4) < best.seconds(device_type, 4)):
-            best = cand
+        for cand in chain_executions(x_axes, subs, out_axes, sizes, chain):
+            s = cand.seconds(device_type, 4)
+            if s < best_s:
+                best, best_s = cand, s
     if best is None:
         raise ValueError("no valid contraction order among the candidates")
     return best

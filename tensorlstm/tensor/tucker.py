@@ -82,6 +82,10 @@ class TuckerMap(FactorizedMap):
             chains.append(head + ((0,), outs))
         ins = tuple(range(1, 1 + d))  # Kronecker products of the factors: two or three GEMMs
         chains += [(ins, (0, *outs)), ((*ins, 0), outs), (ins, (0,), outs)]
+        # the in-mode factors merged into the core (a small rebuild: the core's size), then the out-mode factors
+        # one by one: x then needs one GEMM of K = prod(in_modes) and small products on the output
+        grow = sorted(outs, key=lambda k: self.out_modes[k - 1 - d] / self.out_ranks[k - 1 - d])
+        chains += [((*ins, 0), *((k,) for k in grow)), ((*ins, 0), tuple(grow[:-1]), (grow[-1],))]
         return tuple(chains)
 
     def extra_repr(self) -> str:
