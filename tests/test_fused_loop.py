@@ -9,7 +9,14 @@ import torch
 from torch import nn
 
 from tensorlstm.cells import build_cell
-from tensorlstm.cells.fused_loop import GRUSequence, LSTMSequence, StepMatmul, _onednn_ok
+from tensorlstm.cells.fused_loop import (
+    GRUBeforeSequence,
+    GRUSequence,
+    LSTMSequence,
+    StepMatmul,
+    _onednn_ok,
+    alive_mask,
+)
 from tensorlstm.cells.recurrent import RecurrentLayer, StackedRecurrent
 from tensorlstm.defaults import cell_config
 from tensorlstm.tensor import build_map
@@ -22,43 +29,68 @@ def _general(net: StackedRecurrent) -> StackedRecurrent:
     return net
 
 
+LENGTHS = torch.tensor([4, 1, 3])  # B = 3 sequences of T = 4 steps: one full, two that end early
+
+
 @pytest.mark.parametrize("masked", [False, True])
-def test_lstm_sequence_gradcheck(masked):
+@pytest.mark.parametrize("lengths", [None, LENGTHS])
+def test_lstm_sequence_gradcheck(masked, lengths):
     g = torch.Generator().manual_seed(0)
     T, B, H = 4, 3, 2
-    args = [torch.randn(T, B, 4 * H, generator=g, dtype=torch.float64, requires_grad=True),
-            (0.5 * torch.randn(H, 4 * H, generator=g, dtype=torch.float64)).requires_grad_(),
+    xw = torch.randn(T, B, 4 * H, generator=g, dtype=torch.float64, requires_grad=True)
+    args = [xw, (0.5 * torch.randn(H, 4 * H, generator=g, dtype=torch.float64)).requires_grad_(),
             torch.randn(B, H, generator=g, dtype=torch.float64, requires_grad=True),
             torch.randn(B, H, generator=g, dtype=torch.float64, requires_grad=True),
-            torch.rand(B, H, generator=g, dtype=torch.float64) * 2 if masked else None]
+            torch.rand(B, H, generator=g, dtype=torch.float64) * 2 if masked else None,
+            None if lengths is None else alive_mask(lengths, T, xw)]
     assert torch.autograd.gradcheck(LSTMSequence.apply, args)
 
 
 @pytest.mark.parametrize("masked", [False, True])
-def test_gru_sequence_gradcheck(masked):
+@pytest.mark.parametrize("lengths", [None, LENGTHS])
+def test_gru_sequence_gradcheck(masked, lengths):
     g = torch.Generator().manual_seed(1)
     T, B, H = 4, 3, 2
-    args = [torch.randn(T, B, 3 * H, generator=g, dtype=torch.float64, requires_grad=True),
-            (0.5 * torch.randn(H, 3 * H, generator=g, dtype=torch.float64)).requires_grad_(),
+    xw = torch.randn(T, B, 3 * H, generator=g, dtype=torch.float64, requires_grad=True)
+    args = [xw, (0.5 * torch.randn(H, 3 * H, generator=g, dtype=torch.float64)).requires_grad_(),
             torch.randn(3 * H, generator=g, dtype=torch.float64, requires_grad=True),
             torch.randn(B, H, generator=g, dtype=torch.float64, requires_grad=True),
-            torch.rand(B, H, generator=g, dtype=torch.float64) * 2 if masked else None]
+            torch.rand(B, H, generator=g, dtype=torch.float64) * 2 if masked else None,
+            None if lengths is None else alive_mask(lengths, T, xw)]
     assert torch.autograd.gradcheck(GRUSequence.apply, args)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("lengths", [None, LENGTHS])
+def test_gru_reset_before_sequence_gradcheck(masked, lengths):
+    g = torch.Generator().manual_seed(2)
+    T, B, H = 4, 3, 2
+    xw = torch.randn(T, B, 3 * H, generator=g, dtype=torch.float64, requires_grad=True)
+    args = [xw, (0.5 * torch.randn(H, 3 * H, generator=g, dtype=torch.float64)).requires_grad_(),
+            torch.randn(B, H, generator=g, dtype=torch.float64, requires_grad=True),
+            torch.rand(B, H, generator=g, dtype=torch.float64) * 2 if masked else None,
+            None if lengths is None else alive_mask(lengths, T, xw)]
+    assert torch.autograd.gradcheck(GRUBeforeSequence.apply, args)
 
 
 def _net(name: str, base: str, **kw) -> StackedRecurrent:
     if name == "dense":  # the generic layer with a dense map (build_cell would pick torch.nn)
         G = 4 if base == "lstm" else 3
         return StackedRecurrent([RecurrentLayer(base, build_map("dense", [6 if i == 0 else 4], [G * 4]), 4,
-                                                recurrent_dropout=kw.get("recurrent_dropout", 0.0))
+                                                recurrent_dropout=kw.get("recurrent_dropout", 0.0),
+                                                reset_after=kw.get("reset_after", True))
                                  for i in range(2)], {})
     return build_cell(cell_config(name, base=base, rank=2, d=2, layers=2, **kw), 6, 4)
 
 
 @pytest.mark.parametrize("case", [("dense", {}), ("dense", {"recurrent_dropout": 0.3}),
-                                  ("tt", {"factorize_hidden": True})])
+                                  ("dense", {"reset_after": False, "recurrent_dropout": 0.3}),
+                                  ("tt", {"factorize_hidden": True}), ("tt", {"reset_after": False})])
 @pytest.mark.parametrize("base", ["lstm", "gru"])
-def test_fused_equals_general_loop(base, case):
+@pytest.mark.parametrize("lengths", [None, torch.tensor([5, 2, 4])])
+def test_fused_equals_general_loop(base, case, lengths):
+    """Outputs, final states and every gradient (weights and initial state), also with variable lengths (a
+    finished sequence outputs zeros and keeps its last state)."""
     name, kw = case
     torch.manual_seed(3)
     fast = _net(name, base, **kw).double().train()
@@ -74,7 +106,7 @@ def test_fused_equals_general_loop(base, case):
     outs = []
     for net in (fast, slow):
         torch.manual_seed(4)  # the same recurrent-dropout masks
-        y, final = net(x, state)
+        y, final = net(x, state, lengths)
         loss = y.sin().sum() + sum(s.square().sum() for layer in final for s in layer)
         leaves = [*net.parameters(), *[s for layer in state for s in layer]]
         outs.append((y, final, torch.autograd.grad(loss, leaves)))

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from tensorlstm.cells.base import RecurrentNet, State, select_state
-from tensorlstm.cells.fused_loop import GRUSequence, LSTMSequence
+from tensorlstm.cells.fused_loop import GRUBeforeSequence, GRUSequence, LSTMSequence, alive_mask
 from tensorlstm.errors import UserError
 from tensorlstm.tensor import build_map
 from tensorlstm.tensor.amp import compute_dtype
@@ -165,7 +165,7 @@ class RecurrentLayer(nn.Module):
         U = self.recurrent_weight()
         h_mask = self._h_mask(B, xw)
         if self._fused_loop(lengths, xw):
-            return self._forward_fused(xw, U, state, h_mask)
+            return self._forward_fused(xw, U, state, h_mask, lengths)
         record = None
         if torch.is_grad_enabled() and U.requires_grad:
             # the loop sees a detached U; dL/dU = sum_t h_{t-1}^T dL/dgates_t is one matmul in backward
@@ -185,22 +185,24 @@ class RecurrentLayer(nn.Module):
         return torch.stack(outputs, dim=1), state
 
     def _fused_loop(self, lengths, xw: torch.Tensor) -> bool:
-        """The whole-sequence autograd node of fused_loop.py covers sigmoid gates, the LSTM and the reset-after
-        GRU, without lengths and outside autocast (the general loop below handles those)."""
+        """The whole-sequence autograd nodes of fused_loop.py cover sigmoid gates, the LSTM and both GRU forms,
+        with or without lengths, outside autocast (the general loop below handles the rest)."""
         return (
-            lengths is None
-            and self.gate is torch.sigmoid
-            and (self.base == "lstm" or self.reset_after)
+            self.gate is torch.sigmoid
             and not torch.is_autocast_enabled(xw.device.type)
             and xw.shape[0] > 0
         )
 
-    def _forward_fused(self, xw: torch.Tensor, U: torch.Tensor, state: tuple, h_mask):
+    def _forward_fused(self, xw: torch.Tensor, U: torch.Tensor, state: tuple, h_mask, lengths=None):
+        alive = None if lengths is None else alive_mask(lengths, xw.shape[0], xw)
         if self.base == "lstm":
-            ys, c = LSTMSequence.apply(xw, U, state[0], state[1], h_mask)
-            return ys, (ys[:, -1], c)
-        ys = GRUSequence.apply(xw, U, self._bias_hu(), state[0], h_mask)
-        return ys, (ys[:, -1],)
+            ys, h, c = LSTMSequence.apply(xw, U, state[0], state[1], h_mask, alive)
+            return ys, (h, c)
+        if self.reset_after:
+            ys, h = GRUSequence.apply(xw, U, self._bias_hu(), state[0], h_mask, alive)
+        else:
+            ys, h = GRUBeforeSequence.apply(xw, U, state[0], h_mask, alive)
+        return ys, (h,)
 
     def step(self, x_t: torch.Tensor, state: tuple | None) -> tuple[torch.Tensor, tuple]:
         xw = self.project(x_t)
@@ -427,7 +429,7 @@ def build_recurrent(cfg: dict, input_size: int, hidden_size: int, in_modes=None,
         imap = build_map(fmt, im, out_modes, rank=rank, blocks=blocks, mode=mode)
         hmap = build_map(fmt, hm, out_modes, rank=rank, blocks=blocks, mode=mode) if factorize_hidden else None
         layers.append(RecurrentLayer(base, imap, H, hmap, dropout, rec_dropout, activation, reset_after))
-    if fmt == "dense" and plain and (base == "lstm" or reset_after):
+    if fmt == "dense" and plain:
         info["kernel"] = "tensorlstm fused loop"
     if fmt != "dense":
         info.update(rank=rank, blocks=blocks if fmt == "bt" else None, gate_mode=cfg["gate_mode"],
