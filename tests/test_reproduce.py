@@ -168,6 +168,16 @@ def test_an_unfinished_row_is_shown_as_partial_with_its_trend(tmp_path):
     readme = (project / "README.md").read_text()
     assert "0 of 6 rows finished, 1 stopped part-way" in readme
     name = "no attention TT-LSTM encoder (ranks 1-4-4-4-1)"
-    assert f"| {name} | - | unfinished: valid 141 at step 150 | 1,920 |" in readme
+    assert f"| {name} | - | unfinished: valid nll_bound 141 at step 150 | 1,920 |" in readme
     index = (project / "docs" / "results.md").read_text()
     assert "### Ye 2018" in index and "(results/ye2018_draw/report.md)" in index and "unfinished (valid 141" in index
+
+
+def test_every_table_states_its_budget_and_expected_time():
+    """Whatever cannot run here stays one command away: each table says what a full run is and how long it takes
+    (measured on the CPU, or estimated for a GPU with the estimate's basis), and report.md prints both."""
+    for path in sorted((ROOT / "configs" / "table").glob("*.yaml")):
+        table = OmegaConf.to_container(OmegaConf.load(path))
+        assert str(table.get("budget") or "").strip(), f"{path.name}: no budget"
+        expected = str(table.get("expected_time") or "")
+        assert "CPU" in expected or "GPU" in expected, f"{path.name}: expected_time says neither CPU nor GPU time"
