@@ -28,7 +28,6 @@ there), `--json FILE` the raw times. `--quick`: 3 rounds and the smaller cases, 
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import json
 import math
@@ -46,7 +45,7 @@ from torch import nn
 from tensorlstm.cells import build_cell
 from tensorlstm.defaults import cell_config
 from tensorlstm.engine.seeding import set_tf32
-from tensorlstm.errors import UserError
+from tensorlstm.errors import ArgumentParser, UserError
 from tensorlstm.tensor import DEFAULT_RANK, build_map, factorized_formats, gate_modes
 
 SEQ = dict(batch=32, steps=100, input=256, hidden=512, in_modes=[4, 4, 4, 4], hidden_modes=[8, 4, 4, 4])
@@ -378,15 +377,8 @@ def print_tlstm(rows: list[dict], out: list[str]) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------
-class _Parser(argparse.ArgumentParser):
-    """Argument errors as one line (UserError: exit 2), not argparse's usage block."""
-
-    def error(self, message: str):
-        raise UserError(f"tlstm bench: {message}; see tlstm bench --help")
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = _Parser(prog="tlstm bench", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser("tlstm bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="3 rounds, fewer tLSTM depths (a few minutes)")
     parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds per section (default 9)")
     parser.add_argument("--sections", default="sequence,ucf11,maps,tlstm",

@@ -14,7 +14,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from tensorlstm.errors import UserError
+from tensorlstm.errors import ArgumentParser, UserError
 from tensorlstm.paths import check_config_dir, config_dir, register_resolvers
 
 CONFIG_DIR = config_dir()  # configs/ of a checkout, the packaged copy, or $TLSTM_CONFIG_DIR
@@ -29,6 +29,7 @@ USAGE = """usage: tlstm <command> [args]
                                    decompose a trained lstm/gru into tt|bt|cp|tucker and fine-tune it
   sample <run dir | ckpt> [--n N]  draw samples from a trained generative model (draw_mnist)
   reproduce <table> [--rows A,B] [--folds 0,1|all] [--collect] [--publish] [overrides]
+                                   (--rows again for more rows; a name with a comma is matched whole first)
                                    run the rows of configs/table/<table>.yaml; write table.md/.csv,
                                    report.md, params_vs_metric.png, curves.png (--publish: to docs/results/)
   reproduce --publish              regenerate README's results section and docs/results.md from docs/results/
@@ -378,27 +379,18 @@ HYDRA_HELP_FLAGS = ("--help", "-h", "--hydra-help", "--info", "-i", "--shell-com
 CFG_CHOICES = ("job", "hydra", "all")
 
 
-def _split_train_args(args: list[str]) -> tuple[list[str], list[str]]:
+def _split_train_args(args: list[str], command: str = "train") -> tuple[list[str], list[str]]:
     """Hydra's flags of `tlstm train` (-m, --cfg X, --package X, --resolve) and the key=value overrides."""
-    flags, overrides, i = [], [], 0
-    while i < len(args):
-        a = args[i]
-        if a in ("-m", "--multirun", "--resolve"):
-            flags.append(a)
-        elif a in ("--cfg", "-c", "--package", "-p"):
-            value = args[i + 1] if i + 1 < len(args) else None
-            if value is None or value.startswith("-") or (a in ("--cfg", "-c") and value not in CFG_CHOICES):
-                raise UserError(f"{a} needs a value: {'|'.join(CFG_CHOICES) if a in ('--cfg', '-c') else 'a package'}"
-                                f" (e.g. tlstm train {a} {'job' if a in ('--cfg', '-c') else 'task'})")
-            flags += [a, value]
-            i += 1
-        elif a.startswith("-"):
-            raise UserError(f"unknown option {a} for tlstm train; use key=value overrides, -m (a sweep), "
-                            "--cfg job|hydra|all, --resolve or --help")
-        else:
-            overrides.append(a)
-        i += 1
-    return flags, overrides
+    parser = ArgumentParser(f"tlstm {command}", add_help=False)  # --help goes to Hydra (cmd_train)
+    parser.add_argument("-m", "--multirun", action="store_true")
+    parser.add_argument("-c", "--cfg", choices=CFG_CHOICES)
+    parser.add_argument("-p", "--package")
+    parser.add_argument("--resolve", action="store_true")
+    parser.add_argument("overrides", nargs="*", metavar="key=value")
+    ns = parser.parse_intermixed_args(args)
+    flags = [*(["-m"] if ns.multirun else []), *(["--cfg", ns.cfg] if ns.cfg else []),
+             *(["--package", ns.package] if ns.package else []), *(["--resolve"] if ns.resolve else [])]
+    return flags, ns.overrides
 
 
 def cmd_train(args: list[str]) -> int:
@@ -526,24 +518,26 @@ def cmd_compress(args: list[str]) -> int:
     if not args or args[0].startswith("-") or "=" in args[0]:
         raise UserError("tlstm compress needs the run dir of a dense lstm/gru run first, e.g. "
                         "tlstm compress outputs/smnist/lstm/<time> cell=tt rank=4")
-    flags, overrides = _split_train_args(args[1:])
+    flags, overrides = _split_train_args(args[1:], "compress <dense run dir>")
     return cmd_train([*flags, *source_overrides(args[0], overrides)])
 
 
-def _flag(args: list[str], name: str, default: str | None) -> tuple[str | None, list[str]]:
-    """The value after `name` in args (and args without both), or the default when absent."""
-    if name not in args:
-        return default, args
-    i = args.index(name)
-    if i + 1 >= len(args) or args[i + 1].startswith("-"):
-        raise UserError(f"{name} needs a value, e.g. {name} {default or 'A,B'}")
-    return args[i + 1], args[:i] + args[i + 2 :]
+def _parse(command: str, args: list[str], *flags: tuple[tuple[str, ...], dict], target: str | None = None):
+    """`tlstm <command>` arguments: an optional leading `target` (a run dir, a table), the `flags`
+    ((names, add_argument keywords)) and key=value overrides, through the one ArgumentParser."""
+    parser = ArgumentParser(f"tlstm {command}")
+    if target:
+        parser.add_argument(target, nargs="?")
+    for names, kwargs in flags:
+        parser.add_argument(*names, **kwargs)
+    parser.add_argument("overrides", nargs="*", metavar="key=value")
+    return parser.parse_intermixed_args(args)
 
 
 def cmd_info(args: list[str]) -> int:
     from tensorlstm.engine.build import build, model_info, primary_net
 
-    _, cfg = load_config(args)
+    _, cfg = load_config(_parse("info", args).overrides)
     _, model, factory = build(cfg)
     info = model_info(model, factory)
     info["cell"] = {**cfg["cell"], **primary_net(model, factory).describe()}
@@ -582,9 +576,10 @@ def _load_for_eval(target: str, overrides: list[str], name: str):
 def cmd_eval(args: list[str]) -> int:
     from tensorlstm.engine.trainer import test_evaluation
 
-    if not args:
+    ns = _parse("eval", args, target="run")
+    if not ns.run:
         raise UserError("tlstm eval needs a run directory or a checkpoint: tlstm eval outputs/<task>/<cell>/<time>")
-    task, model, cfg, ckpt_path, run_dir = _load_for_eval(args[0], args[1:], "best.pt")
+    task, model, cfg, ckpt_path, run_dir = _load_for_eval(ns.run, ns.overrides, "best.pt")
     metrics, _ = test_evaluation(task, model, run_dir)  # as at the end of training: also the task's test files
     out = {"checkpoint": str(ckpt_path), "split": "test", **metrics}
     (run_dir / "eval.json").write_text(json.dumps(out, indent=2) + "\n")
@@ -593,13 +588,13 @@ def cmd_eval(args: list[str]) -> int:
 
 
 def cmd_sample(args: list[str]) -> int:
-    if not args:
+    ns = _parse("sample", args, (("--n",), dict(default="64", help="number of samples")), target="run")
+    if not ns.run:
         raise UserError("tlstm sample needs a run directory or a checkpoint of a generative task (draw_mnist)")
-    n, args = _flag(args, "--n", "64")
-    if not n.isdigit() or int(n) < 1:
-        raise UserError(f"--n {n}: give the number of samples as a positive integer, e.g. --n 64")
-    n = int(n)
-    task, model, cfg, _, run_dir = _load_for_eval(args[0], args[1:], "best.pt")
+    if not ns.n.isdigit() or int(ns.n) < 1:
+        raise UserError(f"--n {ns.n}: give the number of samples as a positive integer, e.g. --n 64")
+    n = int(ns.n)
+    task, model, cfg, _, run_dir = _load_for_eval(ns.run, ns.overrides, "best.pt")
     if not hasattr(task, "sample"):
         raise UserError(f"task {cfg['task']['name']} cannot sample; pass a run of a generative task (task=draw_mnist)")
     from datetime import datetime
@@ -620,23 +615,19 @@ def cmd_reproduce(args: list[str]) -> int:
         changed = publish_index(checkout)
         print("regenerated: " + (", ".join(str(p) for p in changed) if changed else "nothing (already up to date)"))
         return 0
-    if not args or args[0].startswith("-"):
+    ns = _parse("reproduce", args,
+                (("--rows",), dict(action="append", metavar="ROWS", help="row names, comma-separated or repeated")),
+                (("--folds",), dict(help="0,1,2 | all")),
+                (("--collect",), dict(action="store_true", help="only read finished runs")),
+                (("--publish",), dict(action="store_true", help="write docs/results/ and the README")),
+                target="table")
+    if not ns.table:
         raise UserError(f"tlstm reproduce needs a table name; choose one of: {', '.join(_choices('table'))}")
-    rest, rows = list(args[1:]), None
-    collect, publish = "--collect" in rest, "--publish" in rest
-    rest = [a for a in rest if a not in ("--collect", "--publish")]
-    if "--rows" in rest:
-        value, rest = _flag(rest, "--rows", None)
-        rows = value.split(",")
-    folds, rest = _flag(rest, "--folds", None)
-    if any(a.startswith("--") for a in rest):
-        raise UserError(f"tlstm reproduce: unknown flag {next(a for a in rest if a.startswith('--'))}; "
-                        "use --rows A,B --folds 0,1,2|all --collect --publish or key=value overrides")
-    if publish and not (checkout / "configs" / "train.yaml").is_file():
+    if ns.publish and not (checkout / "configs" / "train.yaml").is_file():
         raise UserError("--publish writes into a source checkout's docs/results/ and README.md; run it from a "
                         "git clone of tensorlstm (pip install -e .)")
-    return reproduce(args[0], CONFIG_DIR, rest, collect_only=collect, only_rows=rows, folds=folds,
-                     publish_to=checkout if publish else None, check=lambda overrides: load_config(overrides))
+    return reproduce(ns.table, CONFIG_DIR, ns.overrides, collect_only=ns.collect, only_rows=ns.rows, folds=ns.folds,
+                     publish_to=checkout if ns.publish else None, check=lambda overrides: load_config(overrides))
 
 
 def cmd_bench(args: list[str]) -> int:

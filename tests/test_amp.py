@@ -73,7 +73,7 @@ def assert_close_to_fp32(ref: dict, amp: dict, tol: float | None = REL_TOL) -> N
 def test_map_bf16_autocast_forward_backward(shape, fmt, mode):
     torch.manual_seed(0)
     s = MAP_SHAPES[shape]
-    m = build_map(fmt, s["in_modes"], s["out_modes"], s["ranks"].get(fmt), blocks=2, mode=mode)
+    m = build_map(fmt, s["in_modes"], s["out_modes"], s["ranks"].get(fmt), blocks=2, forward=mode)
     x = torch.randn(s["rows"], m.in_features)
     ref, amp = grads_fp32_and_bf16(m, [x], lambda mod, x: mod(x))
     assert_close_to_fp32(ref, amp)
@@ -90,7 +90,7 @@ def test_map_shapes_reach_the_custom_functions(monkeypatch):
         monkeypatch.setattr(cls, "apply", counted)
     for s in MAP_SHAPES.values():
         for fmt in ("tt", "bt"):
-            m = build_map(fmt, s["in_modes"], s["out_modes"], s["ranks"][fmt], blocks=2, mode="factorized")
+            m = build_map(fmt, s["in_modes"], s["out_modes"], s["ranks"][fmt], blocks=2, forward="factorized")
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 m(torch.randn(s["rows"], m.in_features))
     assert calls["ModeProduct"] > 0 and calls["_BTChain4"] > 0, calls

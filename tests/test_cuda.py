@@ -44,7 +44,7 @@ def _fwd_bwd(module, x, device, dtype=None, run=None):
 def test_map_cuda_equals_cpu_and_runs_under_amp(shape, fmt, mode):
     s = MAP_SHAPES[shape]
     torch.manual_seed(0)
-    m = build_map(fmt, s["in_modes"], s["out_modes"], s["ranks"].get(fmt), blocks=2, mode="factorized"
+    m = build_map(fmt, s["in_modes"], s["out_modes"], s["ranks"].get(fmt), blocks=2, forward="factorized"
                   if mode == "auto" else mode)
     x = torch.randn(s["rows"], m.in_features)
     cpu = _fwd_bwd(m, x, torch.device("cpu"))

@@ -181,3 +181,13 @@ def test_every_table_states_its_budget_and_expected_time():
         assert str(table.get("budget") or "").strip(), f"{path.name}: no budget"
         expected = str(table.get("expected_time") or "")
         assert "CPU" in expected or "GPU" in expected, f"{path.name}: expected_time says neither CPU nor GPU time"
+
+
+def test_rows_are_matched_whole_first_then_split_at_commas():
+    from tensorlstm.reproduce.table import select_rows
+
+    known = ["LSTM", "TT-LSTM", "BT, R=2", "BT"]
+    assert select_rows("t", known, ["BT, R=2"]) == ["BT, R=2"]  # a name with a comma, whole
+    assert select_rows("t", known, ["LSTM,TT-LSTM", "BT"]) == ["LSTM", "TT-LSTM", "BT"]  # split, and repeated
+    with pytest.raises(UserError, match=r"^table t has no row 'GRU'; choose from: 'LSTM', 'TT-LSTM', 'BT, R=2', 'BT'$"):
+        select_rows("t", known, ["LSTM,GRU"])

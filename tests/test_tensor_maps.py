@@ -32,7 +32,7 @@ def random_case(fmt, d, seed):
 
 
 def double_map(fmt, in_modes, out_modes, rank, blocks, mode):
-    return build_map(fmt, in_modes, out_modes, rank=rank, blocks=blocks, mode=mode).double()
+    return build_map(fmt, in_modes, out_modes, rank=rank, blocks=blocks, forward=mode).double()
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -146,7 +146,7 @@ def test_init_is_variance_preserving(fmt, shape):
     if fmt == "dense" and math.prod(in_modes) * math.prod(out_modes) > 1_000_000:
         pytest.skip("dense 59M-weight init is slow; dense is checked on the other shapes")
     torch.manual_seed(3)
-    m = build_map(fmt, in_modes, out_modes, rank=INIT_RANKS.get(fmt), blocks=2, mode="factorized")
+    m = build_map(fmt, in_modes, out_modes, rank=INIT_RANKS.get(fmt), blocks=2, forward="factorized")
     rows = sampled_rows_of_w(m, min(m.in_features, 256), seed=4)
     target = 1.0 / math.sqrt(m.in_features)
     assert abs(rows.std().item() / target - 1.0) < 0.15, (rows.std().item(), target)
@@ -160,26 +160,26 @@ def test_frobenius_norm_without_forming_w(fmt):
 
 
 def test_auto_choice_is_cached_and_sensible():
-    ucf = build_map("bt", [8, 20, 20, 18], [16, 4, 4, 4], rank=4, blocks=2, mode="auto")
+    ucf = build_map("bt", [8, 20, 20, 18], [16, 4, 4, 4], rank=4, blocks=2, forward="auto")
     assert ucf.choose_mode(96, torch.float32, torch.device("cpu")) == "factorized"
     assert (96, torch.float32, "cpu") in ucf._decisions
     # sequence shape (32 x 100 rows, 256 -> 1536): W has 393K entries, rebuilding it is cheap (measured
     # ~5x faster than the factorized chain on CPU)
-    seq = build_map("bt", [4, 4, 4, 4], [8, 4, 4, 12], rank=4, blocks=2, mode="auto")
+    seq = build_map("bt", [4, 4, 4, 4], [8, 4, 4, 12], rank=4, blocks=2, forward="auto")
     assert seq.choose_mode(3200, torch.float32, torch.device("cpu")) == "reconstruct"
-    fixed = build_map("tt", [4, 4], [4, 4], rank=4, mode="factorized")
+    fixed = build_map("tt", [4, 4], [4, 4], rank=4, forward="factorized")
     assert fixed.choose_mode(10_000, torch.float32, torch.device("cpu")) == "factorized"
 
 
 def test_plans_are_cached_per_shape():
-    m = build_map("tt", [3, 4, 5], [2, 3, 4], rank=3, mode="factorized")
+    m = build_map("tt", [3, 4, 5], [2, 3, 4], rank=3, forward="factorized")
     assert m.factorized_plan(7) is m.factorized_plan(8)  # rows are bucketed to powers of two
     assert m.factorized_plan(7) is not m.factorized_plan(9)
     assert m.reconstruct_plan() is m.reconstruct_plan()
 
 
 def test_plan_avoids_huge_intermediates_at_ucf11_shape():
-    m = build_map("bt", [8, 20, 20, 18], [16, 4, 4, 4], rank=4, blocks=2, mode="factorized")
+    m = build_map("bt", [8, 20, 20, 18], [16, 4, 4, 4], rank=4, blocks=2, forward="factorized")
     p = m.factorized_plan(96)
     assert p.largest <= 2 * 96 * 57600  # never more than twice the input
     assert p.flops < 0.2 * 2 * 96 * 57600 * 1024  # far below the dense GEMM
@@ -211,7 +211,7 @@ def test_wrong_input_size():
         (dict(fmt="tucker", rank=[2, 2]), "2d"),
         (dict(fmt="bt", rank=[2, 2]), "single rank"),
         (dict(fmt="bt", blocks=0), "blocks"),
-        (dict(fmt="tt", mode="fast"), "factorized, reconstruct, auto"),
+        (dict(fmt="tt", forward="fast"), "factorized, reconstruct, auto"),
         (dict(fmt="tt", out_modes=[2, 2]), "same number of modes"),
         (dict(fmt="cp", in_modes=[0, 3, 3]), "positive"),
     ],
@@ -221,6 +221,13 @@ def test_build_map_errors(kwargs, match):
     args.update(kwargs)
     with pytest.raises(UserError, match=match):
         build_map(**args)
+
+
+def test_build_map_old_mode_keyword_is_refused_with_the_new_name():
+    hint = r"^build_map\(mode=\.\.\.\) is now build_map\(forward=\.\.\.\): write forward='factorized'$"
+    with pytest.raises(TypeError, match=hint):
+        build_map("tt", [2, 3], [2, 2], 2, mode="factorized")
+    assert build_map("tt", [2, 3], [2, 2], 2, forward="factorized").mode == "factorized"
 
 
 @pytest.mark.parametrize("pre,k,post,n", [(3, 4, 70, 2), (40, 3, 5, 2)])
@@ -275,7 +282,7 @@ def test_bt_chunked_path_matches_dense_and_gradchecks(monkeypatch):
 
     monkeypatch.setattr(bt, "CHUNK_ELEMENTS", 4 * 8 * 6 * 8)  # 4 of the 6 (row, mode-0) slabs per chunk
     torch.manual_seed(0)
-    m = build_map("bt", [2, 8, 6, 8], [3, 2, 2, 2], rank=2, blocks=2, mode="factorized").double()
+    m = build_map("bt", [2, 8, 6, 8], [3, 2, 2, 2], rank=2, blocks=2, forward="factorized").double()
     calls, chain4 = [], bt.BTMap._forward_chain4
     monkeypatch.setattr(bt.BTMap, "_forward_chain4", lambda self, x: calls.append(1) or chain4(self, x))
     x = torch.randn(3, 768, dtype=torch.float64, requires_grad=True)
@@ -327,7 +334,7 @@ def test_a_new_format_is_one_registered_class():
 
     try:
         assert "lowrank" in factorized_formats()
-        m = build_map("lowrank", [3, 4], [2, 5], mode="factorized").double()  # rank None -> its default 3
+        m = build_map("lowrank", [3, 4], [2, 5], forward="factorized").double()  # rank None -> its default 3
         assert m.num_params == 3 * 12 + 3 * 10
         x = torch.randn(7, 12, dtype=torch.float64)
         assert torch.allclose(m(x), x @ m.reconstruct(), atol=1e-12)

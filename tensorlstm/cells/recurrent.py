@@ -418,7 +418,7 @@ def build_recurrent(cfg: dict, input_size: int, hidden_size: int, in_modes=None,
     d = int(cfg["d"])
     hm = _modes(cfg["hidden_modes"], hidden_modes, H, d, "cell.hidden_modes")
     out_modes = gate_modes(hm, G, cfg["gate_mode"])
-    rank, blocks, mode = cfg["rank"], int(cfg["blocks"]), cfg["forward"]
+    rank, blocks, forward = cfg["rank"], int(cfg["blocks"]), cfg["forward"]
     layers = []
     for i in range(n_layers):
         if i == 0:
@@ -426,8 +426,8 @@ def build_recurrent(cfg: dict, input_size: int, hidden_size: int, in_modes=None,
             info.update(in_modes=im, hidden_modes=hm, out_modes=out_modes)
         else:
             im = hm
-        imap = build_map(fmt, im, out_modes, rank=rank, blocks=blocks, mode=mode)
-        hmap = build_map(fmt, hm, out_modes, rank=rank, blocks=blocks, mode=mode) if factorize_hidden else None
+        imap = build_map(fmt, im, out_modes, rank=rank, blocks=blocks, forward=forward)
+        hmap = build_map(fmt, hm, out_modes, rank=rank, blocks=blocks, forward=forward) if factorize_hidden else None
         layers.append(RecurrentLayer(base, imap, H, hmap, dropout, rec_dropout, activation, reset_after))
     if fmt == "dense" and plain:
         info["kernel"] = "tensorlstm fused loop"

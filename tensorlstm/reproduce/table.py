@@ -503,6 +503,19 @@ def row_overrides(row: dict, overrides: list[str]) -> list[str]:
     return [f"experiment={row['experiment']}", *(row.get("overrides") or []), *overrides]
 
 
+def select_rows(table: str, known: list[str], values: list[str]) -> list[str]:
+    """The row names that `--rows` values pick: a value equal to a row name picks it (so a name holding a comma
+    can be picked), any other is split at commas; an unknown name is a one-line error listing the rows."""
+    picked = []
+    for value in values:
+        for part in [value] if value in known else value.split(","):
+            if part.strip() not in known:
+                raise UserError(f"table {table} has no row {part.strip()!r}; choose from: "
+                                + ", ".join(repr(k) for k in known))
+            picked.append(part.strip())
+    return picked
+
+
 def reproduce(name: str, config_dir: Path, overrides: list[str], collect_only: bool = False,
               only_rows: list[str] | None = None, out_root: Path = Path("outputs/reproduce"),
               folds: str | None = None, publish_to: Path | None = None,
@@ -512,11 +525,8 @@ def reproduce(name: str, config_dir: Path, overrides: list[str], collect_only: b
     table = load_table(name, config_dir)
     selected = table["rows"]
     if only_rows:
-        known = [r["name"] for r in table["rows"]]
-        unknown = [r for r in only_rows if r not in known]
-        if unknown:
-            raise UserError(f"table {name} has no row(s) {', '.join(unknown)}; choose from: {', '.join(known)}")
-        selected = [r for r in selected if r["name"] in only_rows]
+        wanted = select_rows(name, [r["name"] for r in table["rows"]], only_rows)
+        selected = [r for r in selected if r["name"] in wanted]
     fold_list = parse_folds(folds, table) if folds is not None else None
     if not collect_only and table.get("runnable", True) is not True:
         raise UserError(f"table {name} cannot run here: {table['runnable']} (`tlstm info` checks its counts; "

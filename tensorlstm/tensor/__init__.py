@@ -1,6 +1,6 @@
 """Linear maps from I = prod(in_modes) inputs to J = prod(out_modes) outputs: dense or factorized.
 
-`build_map(fmt, in_modes, out_modes, rank, blocks, mode)` is the one entry point the cells use. Each format is one
+`build_map(fmt, in_modes, out_modes, rank, blocks, forward)` is the one entry point the cells use. Each format is one
 class registered with `@register_format` (tensor/registry.py); importing its module below registers it, and
 everything else (cells, bench, DRAW's decoder shorthand) reads the format list from the registry.
 Formats (parameters):  dense I*J | tt sum_k r_{k-1} I_k J_k r_k | bt N (sum_k I_k J_k R + R^d)
@@ -58,14 +58,21 @@ def build_map(
     out_modes: Sequence[int],
     rank: int | Sequence[int] | None = None,
     blocks: int = 1,
-    mode: str = "auto",
+    forward: str = "auto",
+    **renamed,
 ) -> LinearMap:
     """A bias-free map (..., prod(in_modes)) -> (..., prod(out_modes)) in format `fmt`.
 
     rank: tt: int r (ranks 1-r-..-r-1) or the d+1 ranks; bt: R (core R^d per block), with `blocks` = N;
     cp: R; tucker: int, d ranks (same for in and out modes) or 2d ranks (in modes, then out modes).
-    None takes the format's default rank. mode: factorized | reconstruct | auto (how forward is computed).
+    None takes the format's default rank. forward: factorized | reconstruct | auto (how x W is computed, as
+    cell.forward; the keyword was `mode`, which is refused with a hint).
     """
+    if "mode" in renamed:
+        raise TypeError(f"build_map(mode=...) is now build_map(forward=...): write forward={renamed['mode']!r}")
+    if renamed:
+        raise TypeError(f"build_map() got an unexpected keyword argument {next(iter(renamed))!r}")
+    mode = forward
     cls = map_format(fmt)
     check_mode(mode)
     in_list = check_modes(in_modes, math.prod(int(m) for m in in_modes), "in_modes") if in_modes else None
