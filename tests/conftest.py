@@ -20,20 +20,31 @@ TINY = [*TINY_RUN, "task=addition", "task.digits=2", "task.hidden_size=16", "tas
         "task.valid_size=40", "task.test_size=40"]
 
 
-def run_tlstm(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 120,
-              **popen) -> subprocess.CompletedProcess:
-    """Run `tlstm` in a subprocess (for exit codes, signals and stderr); env values of None unset a variable."""
+def _run_tlstm(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 120,
+               **popen) -> subprocess.CompletedProcess:
     merged = {k: v for k, v in {**os.environ, **(env or {})}.items() if v is not None}
     return subprocess.run([sys.executable, "-m", "tensorlstm.cli", *args], cwd=cwd or ROOT, capture_output=True,
                           text=True, timeout=timeout, env=merged, **popen)
 
 
-def train_inprocess(run_dir: Path, *overrides: str, base: list[str] = TINY) -> dict:
-    """`tlstm train` in this process (fast); returns summary.json."""
+def _train_run(run_dir: Path, *overrides: str, base: list[str] = TINY) -> dict:
     from tensorlstm.cli import main
 
     main(["train", *base, *overrides, f"hydra.run.dir={run_dir}"])
     return json.loads((run_dir / "summary.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def tlstm():
+    """`tlstm(*args, cwd=, env=, timeout=)`: run `tlstm` in a subprocess (for exit codes, signals and stderr);
+    env values of None unset a variable. Returns the CompletedProcess (text stdout/stderr)."""
+    return _run_tlstm
+
+
+@pytest.fixture(scope="session")
+def train_run():
+    """`train_run(run_dir, *overrides, base=TINY)`: `tlstm train` in this process (fast); returns summary.json."""
+    return _train_run
 
 
 @pytest.fixture(autouse=True, scope="session")

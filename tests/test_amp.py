@@ -108,27 +108,23 @@ def test_mode_product_float64_is_untouched_by_autocast():
     assert x.grad.dtype == mat.grad.dtype == torch.float64
 
 
-RECURRENT = cell_config("lstm", rank=2, blocks=2, d=3, in_modes=None, hidden_modes=None, hidden_size=None,
-                        gate_mode="first", factorize_hidden=False, forward="auto", layers=1, dropout=0.0,
-                        recurrent_dropout=0.0, gate_activation="sigmoid", reset_after=True)
-TLSTM = {"P": 3, "M": None, "K": None, "feedback": True, "memory_conv": True, "norm": "none", "forget_bias": 1.0,
-         "dropout": 0.0}
+SMALL = dict(rank=2, blocks=2, d=3)  # every other key from configs/cell/<name>.yaml
 CELLS = {
-    "lstm_fused": {**RECURRENT, "name": "lstm"},
-    "gru_fused": {**RECURRENT, "name": "gru", "base": "gru"},
-    "lstm_loop": {**RECURRENT, "name": "lstm", "gate_activation": "hard_sigmoid", "layers": 2},
-    "gru_reset_before": {**RECURRENT, "name": "gru", "base": "gru", "reset_after": False},
-    "gru_reset_after_loop": {**RECURRENT, "name": "gru", "base": "gru", "gate_activation": "hard_sigmoid"},
-    **{f"{fmt}_{base}": {**RECURRENT, "name": fmt, "format": fmt, "base": base}
-       for fmt in ("tt", "bt", "cp", "tucker") for base in ("lstm", "gru")},
-    "tt_gru_cho_factorize_hidden": {**RECURRENT, "name": "tt", "format": "tt", "base": "gru", "reset_after": False,
-                                    "factorize_hidden": True, "gate_mode": "last"},
-    "bt_lstm_factorize_hidden": {**RECURRENT, "name": "bt", "format": "bt", "factorize_hidden": True},
-    "tlstm_2d": {**TLSTM, "name": "tlstm"},
-    "tlstm_2d_ln_nofb": {**TLSTM, "name": "tlstm", "norm": "ln", "feedback": False},
-    "tlstm_3d_cn": {**TLSTM, "name": "tlstm", "P": [2, 2], "norm": "cn"},
-    "tlstm_nomem": {**TLSTM, "name": "tlstm", "memory_conv": False},
-    "slstm": {"name": "slstm", "layers": 2, "hidden_size": None, "forget_bias": 1.0, "dropout": 0.0},
+    "lstm_fused": cell_config("lstm", **SMALL),
+    "gru_fused": cell_config("gru", **SMALL),
+    "lstm_loop": cell_config("lstm", **SMALL, gate_activation="hard_sigmoid", layers=2),
+    "gru_reset_before": cell_config("gru", **SMALL, reset_after=False),
+    "gru_reset_after_loop": cell_config("gru", **SMALL, gate_activation="hard_sigmoid"),
+    **{f"{fmt}_{base}": cell_config(fmt, **SMALL, base=base) for fmt in ("tt", "bt", "cp", "tucker")
+       for base in ("lstm", "gru")},
+    "tt_gru_cho_factorize_hidden": cell_config("tt", **SMALL, base="gru", reset_after=False, factorize_hidden=True,
+                                               gate_mode="last"),
+    "bt_lstm_factorize_hidden": cell_config("bt", **SMALL, factorize_hidden=True),
+    "tlstm_2d": cell_config("tlstm", P=3),
+    "tlstm_2d_ln_nofb": cell_config("tlstm", P=3, norm="ln", feedback=False),
+    "tlstm_3d_cn": cell_config("tlstm", P=[2, 2], norm="cn"),
+    "tlstm_nomem": cell_config("tlstm", P=3, memory_conv=False),
+    "slstm": cell_config("slstm", layers=2),
 }
 
 
@@ -166,14 +162,13 @@ def test_cell_step_bf16_autocast(cell):
     assert_close_to_fp32(ref, amp)
 
 
-def test_trainer_amp_bf16_on_cpu(tmp_path):
+def test_trainer_amp_bf16_on_cpu(train_run, tmp_path):
     """trainer.amp=true trains under CPU bf16 autocast end to end (Cho GRU, whose lerp used to fail); the
     summary names the dtype and the losses differ from the fp32 run's (autocast was on) but stay close."""
-    from conftest import train_inprocess
 
     args = ["cell=gru", "cell.reset_after=false", "trainer.max_steps=10", "trainer.eval_every=10"]
-    amp = train_inprocess(tmp_path / "amp", *args, "trainer.amp=true", "trainer.amp_dtype=bf16")
-    fp32 = train_inprocess(tmp_path / "fp32", *args)
+    amp = train_run(tmp_path / "amp", *args, "trainer.amp=true", "trainer.amp_dtype=bf16")
+    fp32 = train_run(tmp_path / "fp32", *args)
     assert amp["amp_dtype"] == "bfloat16" and fp32["amp_dtype"] is None
     assert amp["valid"]["loss"] != fp32["valid"]["loss"]
     assert amp["valid"]["loss"] == pytest.approx(fp32["valid"]["loss"], rel=2e-2)

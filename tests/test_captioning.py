@@ -10,7 +10,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, TINY_RUN, run_tlstm, train_inprocess
+from conftest import ROOT, TINY_RUN
 from PIL import Image
 
 from tensorlstm.data.coco import FeatureCache, Vocabulary, check_layout, load_coco, tokenize
@@ -65,9 +65,9 @@ def _bad_layout(tmp_path, what):
     return folder
 
 
-def test_missing_coco_layout_exits_2_with_one_line(tmp_path):
+def test_missing_coco_layout_exits_2_with_one_line(tlstm, tmp_path):
     folder = _bad_layout(tmp_path, "annotation")
-    r = run_tlstm("train", "task=captioning", "task.dataset=coco", f"task.data_dir={folder}", *TINY_RUN)
+    r = tlstm("train", "task=captioning", "task.dataset=coco", f"task.data_dir={folder}", *TINY_RUN)
     assert r.returncode == 2, r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "captions_val2014.json" in lines[0] and "annotations_trainval2014.zip" in lines[0]
@@ -325,8 +325,8 @@ def test_info_needs_no_data(tmp_path):
     assert not (tmp_path / "no").exists()
 
 
-def test_tiny_coco_run_writes_metrics_grids_and_results(tmp_path):
-    summary = train_inprocess(tmp_path / "run", "task=captioning", "cell=bt", "rank=2", *tiny.make(tmp_path),
+def test_tiny_coco_run_writes_metrics_grids_and_results(train_run, tmp_path):
+    summary = train_run(tmp_path / "run", "task=captioning", "cell=bt", "rank=2", *tiny.make(tmp_path),
                               "trainer.max_steps=4", "trainer.eval_every=2", base=TINY_RUN)
     for key in ("bleu1", "bleu2", "bleu3", "bleu4", "meteor", "rouge_l", "cider"):
         assert math.isfinite(summary[key])
@@ -349,7 +349,7 @@ def test_tiny_coco_run_writes_metrics_grids_and_results(tmp_path):
     assert {k: evaluated[k] for k in summary["test"]} == summary["test"]
 
 
-def test_short_shapes_run_learns_from_the_image(tmp_path):
+def test_short_shapes_run_learns_from_the_image(train_run, tmp_path):
     """A few hundred steps on a small shapes set: CIDEr-D far above the untrained model and above the same
     decoder trained with the image features zeroed."""
     common = ["task=captioning", f"task.data_dir={tmp_path / 'shapes'}", "task.shapes.train=300",
@@ -359,8 +359,8 @@ def test_short_shapes_run_learns_from_the_image(tmp_path):
     from tensorlstm.cli import compose, to_dict
     from tensorlstm.engine.build import build
 
-    real = train_inprocess(tmp_path / "real", *common, base=TINY_RUN)
-    blind = train_inprocess(tmp_path / "blind", *common, "task.zero_image_features=true", base=TINY_RUN)
+    real = train_run(tmp_path / "real", *common, base=TINY_RUN)
+    blind = train_run(tmp_path / "blind", *common, "task.zero_image_features=true", base=TINY_RUN)
     torch.manual_seed(0)
     task, model, _ = build(to_dict(compose([*TINY_RUN, *common])), prepare=True)
     untrained = task.evaluate(model, "test")["cider"]

@@ -90,16 +90,14 @@ def _dense_and_factorized(base, fmt, rank, extra=None, dense_extra=None):
     from tensorlstm.cells import build_cell
     from tensorlstm.defaults import cell_config
 
-    lstm = cell_config("lstm", base=base, rank=None, layers=2, dropout=0.0, recurrent_dropout=0.0,
-                       gate_activation="sigmoid", reset_after=True, d=3, in_modes=None, hidden_modes=None,
-                       hidden_size=None, gate_mode="first", factorize_hidden=False, forward="auto", blocks=2)
+    small = dict(base=base, layers=2, d=3, blocks=2)  # the rest from configs/cell/<name>.yaml
     torch.manual_seed(5)
-    dense = build_cell({**lstm, **(dense_extra or {})}, 12, 8).double()
+    dense = build_cell(cell_config("lstm", **{**small, **(dense_extra or {})}), 12, 8).double()
     with torch.no_grad():  # biases of every kind non-zero, so their conversion is checked too
         for name, p in dense.named_parameters():
             if "bias" in name:
                 p.normal_()
-    net = build_cell({**lstm, "name": fmt, "format": fmt, "rank": rank, **(extra or {})}, 12, 8).double()
+    net = build_cell(cell_config(fmt, **{**small, "rank": rank, **(extra or {})}), 12, 8).double()
     return dense, net
 
 
@@ -149,11 +147,10 @@ def test_a_rank_that_fits_w_gives_the_dense_cell_back():
 
 # --- the command ---------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def dense_run(tmp_path_factory):
-    from conftest import train_inprocess
+def dense_run(train_run, tmp_path_factory):
 
     run = tmp_path_factory.mktemp("dense") / "lstm"
-    train_inprocess(run, "trainer.max_steps=30", "trainer.eval_every=15", "optim.lr=0.01")
+    train_run(run, "trainer.max_steps=30", "trainer.eval_every=15", "optim.lr=0.01")
     return run
 
 
@@ -228,10 +225,9 @@ def test_bad_input_is_one_line_and_exit_2(dense_run, tmp_path, why, args, expect
     assert code == 2 and err.count("\n") == 1 and err.startswith("error: ") and expect in err, err
 
 
-def test_compressing_a_factorized_run_is_refused(tmp_path):
-    from conftest import train_inprocess
+def test_compressing_a_factorized_run_is_refused(train_run, tmp_path):
 
-    train_inprocess(tmp_path / "tt", "cell=tt", "rank=2", "trainer.max_steps=2", "trainer.eval_every=2")
+    train_run(tmp_path / "tt", "cell=tt", "rank=2", "trainer.max_steps=2", "trainer.eval_every=2")
     code, err = _compress(str(tmp_path / "tt"), "cell=cp")
     assert code == 2 and "cell=tt run" in err and err.count("\n") == 1
     code, err = _compress(str(tmp_path / "nowhere"), "cell=cp")

@@ -7,7 +7,6 @@ import json
 
 import pytest
 import torch
-from conftest import train_inprocess
 from test_amp import CELLS, MAP_SHAPES, REL_TOL, cell_tolerance, rel_err
 
 from tensorlstm.cells import build_cell
@@ -81,16 +80,16 @@ def test_cell_cuda_equals_cpu_and_runs_under_amp(cell):
 
 @pytest.mark.parametrize("amp_dtype", ["bf16", "fp16"])
 @pytest.mark.parametrize("cell", ["lstm", "tt", "bt", "tlstm"])
-def test_trainer_amp_on_cuda_then_resume(cell, amp_dtype, tmp_path):
+def test_trainer_amp_on_cuda_then_resume(train_run, cell, amp_dtype, tmp_path):
     """AMP training on CUDA, then a resume from last.pt (RNG states must be loaded on the CPU)."""
     run = tmp_path / "run"
     args = [f"cell={cell}", "device=cuda", "trainer.amp=true", f"trainer.amp_dtype={amp_dtype}",
             "trainer.eval_every=10", "cell.M=8" if cell == "tlstm" else "rank=2"]
-    first = train_inprocess(run, *args, "trainer.max_steps=20")
+    first = train_run(run, *args, "trainer.max_steps=20")
     assert first["device"].startswith("cuda")
     assert first["amp_dtype"] == {"bf16": "bfloat16", "fp16": "float16"}[amp_dtype]
     (run / "summary.json").unlink()  # as if killed after the last checkpoint
-    again = train_inprocess(run, *args, "trainer.max_steps=30", f"resume={run}")
+    again = train_run(run, *args, "trainer.max_steps=30", f"resume={run}")
     assert again["steps"] == 30
     assert json.loads((run / "summary.json").read_text())["steps"] == 30
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import tiny
 import torch
-from conftest import ROOT, TINY, TINY_RUN, train_inprocess
+from conftest import ROOT, TINY, TINY_RUN
 
 from tensorlstm.cli import load_config, main
 from tensorlstm.engine import distributed
@@ -111,7 +111,7 @@ def _valid_records(run: Path) -> list[dict]:
     return [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r["split"] == "valid"]
 
 
-def test_torchrun_two_processes_killed_and_resumed_equal_one_process(tmp_path):
+def test_torchrun_two_processes_killed_and_resumed_equal_one_process(train_run, tmp_path):
     work = tmp_path / "work"
     work.mkdir()
     runs = work / "outputs" / "addition" / "tt"
@@ -141,7 +141,7 @@ def test_torchrun_two_processes_killed_and_resumed_equal_one_process(tmp_path):
     summary = json.loads((run / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["steps"] == 100
 
-    single = train_inprocess(tmp_path / "single", *DDP_RUN)
+    single = train_run(tmp_path / "single", *DDP_RUN)
     assert single["world_size"] == 1
     ddp_state = load_checkpoint(run / "checkpoints" / "last.pt")
     one_state = load_checkpoint(tmp_path / "single" / "checkpoints" / "last.pt")
@@ -171,7 +171,7 @@ def test_train_outside_torchrun_refuses_a_world_without_rendezvous(tmp_path, mon
     assert not (tmp_path / "x").exists()
 
 
-def test_preemption_signal_saves_last_pt_then_hands_over_to_the_previous_handler(tmp_path):
+def test_preemption_signal_saves_last_pt_then_hands_over_to_the_previous_handler(train_run, tmp_path):
     """SIGUSR1 mid-run (SLURM's warning before a time limit): last.pt at the next step, then the handler that was
     installed before the run (submitit's requeue) is called; resume=auto then continues the run."""
     import threading
@@ -191,7 +191,7 @@ def test_preemption_signal_saves_last_pt_then_hands_over_to_the_previous_handler
     sender.start()
     try:
         with pytest.raises(SystemExit) as exit_info:
-            train_inprocess(run, *slow)
+            train_run(run, *slow)
     finally:
         sender.join()
         signal.signal(signal.SIGUSR1, old)
@@ -199,5 +199,5 @@ def test_preemption_signal_saves_last_pt_then_hands_over_to_the_previous_handler
     assert called == [signal.SIGUSR1]  # passed on after the checkpoint
     stopped_at = load_checkpoint(run / "checkpoints" / "last.pt")["step"]
     assert 20 <= stopped_at < 150 and not (run / "summary.json").exists()
-    summary = train_inprocess(run, *slow, "resume=auto")
+    summary = train_run(run, *slow, "resume=auto")
     assert summary["steps"] == 150

@@ -10,7 +10,7 @@ from contextlib import redirect_stdout
 
 import pytest
 import tiny
-from conftest import ROOT, TINY_RUN, train_inprocess
+from conftest import ROOT, TINY_RUN
 from omegaconf import OmegaConf
 
 from tensorlstm.cli import compose, main
@@ -20,14 +20,14 @@ TABLES = sorted((ROOT / "configs" / "table").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
-def test_experiment_trains_two_steps_on_tiny_data(name, tmp_path):
+def test_experiment_trains_two_steps_on_tiny_data(train_run, name, tmp_path):
     cfg = compose([f"experiment={name}"])
     overrides = tiny.overrides(cfg.task.name, tmp_path)
     # the paper's shapes belong to the paper's input sizes; on tiny data let the cell factorize the tiny sizes
     overrides += [f"cell.{k}=null" for k in ("in_modes", "hidden_modes", "hidden_size") if k in cfg.cell]
     overrides += ["cell.M=8"] if "M" in cfg.cell else []  # tLSTM's width is its own key
     overrides += ["cell.allow_lookahead=true"] if cfg.cell.get("norm") == "cn" else []  # opt in (see validate)
-    summary = train_inprocess(tmp_path / "run", f"experiment={name}", *overrides, "trainer.max_steps=2",
+    summary = train_run(tmp_path / "run", f"experiment={name}", *overrides, "trainer.max_steps=2",
                               "trainer.eval_every=2", base=TINY_RUN)
     assert summary["steps"] == 2 and summary["task"] == cfg.task.name
     if cfg.trainer.test_at_end:

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import torch
-from conftest import TINY, run_tlstm, train_inprocess
+from conftest import TINY
 
 from tensorlstm.engine.checkpoint import load_checkpoint, save_checkpoint
 
@@ -53,8 +53,8 @@ def _lines(run: Path) -> int:
     return len(path.read_bytes().split(b"\n")) if path.exists() else 0
 
 
-def test_ten_kills_resume_bit_identical(tmp_path):
-    straight = train_inprocess(tmp_path / "straight", *[a for a in RUN if a not in TINY])
+def test_ten_kills_resume_bit_identical(train_run, tmp_path):
+    straight = train_run(tmp_path / "straight", *[a for a in RUN if a not in TINY])
     run = tmp_path / "killed"
     rng = random.Random(12)
     # deterministic kills mid-write (the n-th write of that process), random kills in between
@@ -95,32 +95,32 @@ def test_ten_kills_resume_bit_identical(tmp_path):
     assert not list((run / "checkpoints").glob(".*.tmp"))  # the temp files of killed saves are gone
 
 
-def test_metrics_partial_line_and_restart_before_first_checkpoint(tmp_path):
+def test_metrics_partial_line_and_restart_before_first_checkpoint(train_run, tmp_path):
     run = tmp_path / "run"
     (run).mkdir()
     (run / "metrics.jsonl").write_text('{"step": 5, "split": "train", "loss": 1.0}\n{"step": 10, "spl')
-    summary = train_inprocess(run, "trainer.max_steps=8", "trainer.eval_every=4")
+    summary = train_run(run, "trainer.max_steps=8", "trainer.eval_every=4")
     records = _records(run)  # every line parses: the partial one and the stale run's record are gone
     assert [r["step"] for r in records if r["split"] == "valid"] == [4, 8]
     assert [r["step"] for r in records if r["split"] == "train"] == [5, 8]  # this run only (log_every=5)
     assert summary["steps"] == 8
 
 
-def test_resume_of_a_finished_run_keeps_one_test_record(tmp_path):
+def test_resume_of_a_finished_run_keeps_one_test_record(train_run, tmp_path):
     run = tmp_path / "run"
-    first = train_inprocess(run, "trainer.max_steps=6", "trainer.eval_every=3")
-    again = train_inprocess(run, "trainer.max_steps=6", "trainer.eval_every=3", f"resume={run}")
+    first = train_run(run, "trainer.max_steps=6", "trainer.eval_every=3")
+    again = train_run(run, "trainer.max_steps=6", "trainer.eval_every=3", f"resume={run}")
     assert [r["split"] for r in _records(run)].count("test") == 1
     assert again["seconds_per_step"] == first["seconds_per_step"] > 0  # no 0.0 from a loop that did not run
     assert again["test"] == first["test"]
 
 
-def test_stale_temp_files_are_removed_and_checkpoints_are_0644(tmp_path):
+def test_stale_temp_files_are_removed_and_checkpoints_are_0644(train_run, tmp_path):
     ckpt = tmp_path / "run" / "checkpoints"
     ckpt.mkdir(parents=True)
     stale = ckpt / ".last.pt.abc123.tmp"
     stale.write_bytes(b"x" * 1000)
-    train_inprocess(tmp_path / "run", "trainer.max_steps=2", "trainer.eval_every=2")
+    train_run(tmp_path / "run", "trainer.max_steps=2", "trainer.eval_every=2")
     assert not stale.exists()
     old = os.umask(0o022)
     try:
@@ -130,19 +130,19 @@ def test_stale_temp_files_are_removed_and_checkpoints_are_0644(tmp_path):
     assert path.stat().st_mode & 0o777 == 0o644
 
 
-def test_time_based_checkpoint_between_evaluations(tmp_path):
+def test_time_based_checkpoint_between_evaluations(train_run, tmp_path):
     run = tmp_path / "run"
-    train_inprocess(run, "trainer.max_steps=30", "trainer.eval_every=30", "trainer.checkpoint_every_s=1e-9",
+    train_run(run, "trainer.max_steps=30", "trainer.eval_every=30", "trainer.checkpoint_every_s=1e-9",
                     "trainer.test_at_end=false")
     # with a tiny interval every step saves last.pt; without time-based checkpoints only step 30 would
     assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 30
-    straight = train_inprocess(tmp_path / "b", "trainer.max_steps=30", "trainer.eval_every=30",
+    straight = train_run(tmp_path / "b", "trainer.max_steps=30", "trainer.eval_every=30",
                                "trainer.checkpoint_every_s=null", "trainer.test_at_end=false")
     assert json.loads((run / "summary.json").read_text())["valid"] == straight["valid"]
 
 
-def test_plain_progress_lines_when_not_a_tty(tmp_path):
-    r = run_tlstm("train", *[a for a in TINY if a != "trainer.progress=false"], "trainer.max_steps=6",
+def test_plain_progress_lines_when_not_a_tty(tlstm, tmp_path):
+    r = tlstm("train", *[a for a in TINY if a != "trainer.progress=false"], "trainer.max_steps=6",
                   "trainer.eval_every=6", "trainer.progress_every_s=1e-9", f"hydra.run.dir={tmp_path / 'run'}")
     assert r.returncode == 0, r.stderr
     lines = [ln for ln in (tmp_path / "run" / "train.log").read_text().splitlines() if "steps/s, ETA" in ln]
@@ -153,7 +153,7 @@ def test_plain_progress_lines_when_not_a_tty(tmp_path):
     assert all(len(repr(v).split(".")[-1]) <= 6 for v in metrics.values() if isinstance(v, float))
 
 
-def test_wandb_online_with_a_fake_key_and_no_network_goes_offline_fast(tmp_path, monkeypatch, capsys):
+def test_wandb_online_with_a_fake_key_and_no_network_goes_offline_fast(train_run, tmp_path, monkeypatch, capsys):
     import wandb  # noqa: F401 - imported first: the import costs the same in every mode, the set-up is timed
 
     run = tmp_path / "run"
@@ -164,10 +164,10 @@ def test_wandb_online_with_a_fake_key_and_no_network_goes_offline_fast(tmp_path,
     monkeypatch.setenv("HOME", str(tmp_path))
     base = [a for a in TINY if not a.startswith(("logger", "trainer.log_every"))]
     args = ["trainer.log_every=1", "trainer.max_steps=3", "trainer.eval_every=3"]
-    train_inprocess(tmp_path / "offline", "logger.mode=offline", *args, base=base)
+    train_run(tmp_path / "offline", "logger.mode=offline", *args, base=base)
     offline = _records(tmp_path / "offline")[0]["wall_time"]  # plain offline W&B set-up + one step, here and now
     capsys.readouterr()
-    train_inprocess(run, "logger.mode=online", *args, base=base)
+    train_run(run, "logger.mode=online", *args, base=base)
     notice = [ln for ln in capsys.readouterr().out.splitlines() if "W&B online unavailable" in ln]
     assert len(notice) == 1 and f"wandb sync {run}/wandb/offline-run-*" in notice[0]
     first = _records(run)[0]

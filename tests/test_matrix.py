@@ -40,3 +40,15 @@ def test_task_trains_two_steps_with_cell(task, cell, tiny_data, tmp_path, monkey
     assert summary["steps"] == 2 and summary["task"] == task
     assert summary["params_total"] > 0
     assert math.isfinite(summary["test"][summary["metric"]])  # the task's own metric on the test split
+
+
+def test_tiny_pmnist_imports_as_a_package_and_runs_as_a_script(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(tiny.__file__).with_name("pmnist.py")
+    r = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == tiny.overrides("pmnist", tmp_path)  # the package import, same files
+    assert (tmp_path / "mnist").is_dir() and "task.permutation_seed=3" in r.stdout

@@ -9,7 +9,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import run_tlstm
 from omegaconf import OmegaConf
 from tiny import polyphonic
 
@@ -48,14 +47,14 @@ def test_upgrade_gives_an_old_config_every_key_of_today():
 
 
 @pytest.mark.parametrize("how", ["dir", "auto"])
-def test_an_old_run_resumes_and_trains_as_the_old_code_did(old_run, how):
+def test_an_old_run_resumes_and_trains_as_the_old_code_did(tlstm, old_run, how):
     """Resumed from step 2 to 4 today, its records equal those of the old code's uninterrupted 4-step run."""
     if how == "dir":
         args = [f"resume={old_run}", "trainer.max_steps=4", "trainer.test_at_end=false"]
     else:  # the original command again, longer
         args = [o for o in _original_overrides() if not o.startswith("trainer.max_steps=")]
         args += ["trainer.max_steps=4", "trainer.test_at_end=false", "resume=auto"]
-    r = run_tlstm("train", *args, cwd=old_run.parents[3])
+    r = tlstm("train", *args, cwd=old_run.parents[3])
     assert r.returncode == 0, r.stderr
     assert f"resuming {old_run}" in r.stdout
     assert "task.predict_first=false" in r.stdout and "optim.implementation='default'" in r.stdout  # said, not silent
@@ -65,9 +64,9 @@ def test_an_old_run_resumes_and_trains_as_the_old_code_did(old_run, how):
     assert saved.cell.kernel == "torch" and saved.optim.implementation == "default"
 
 
-def test_a_moved_default_set_explicitly_on_resume_is_refused(old_run):
+def test_a_moved_default_set_explicitly_on_resume_is_refused(tlstm, old_run):
     """The user's own value wins over the saved one, so asking for today's predict_first is another config."""
-    r = run_tlstm("train", f"resume={old_run}", "task.predict_first=true", cwd=old_run.parents[3])
+    r = tlstm("train", f"resume={old_run}", "task.predict_first=true", cwd=old_run.parents[3])
     assert r.returncode == 2
     assert "another config" in r.stderr and "task.predict_first: False -> True" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1

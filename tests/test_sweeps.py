@@ -8,7 +8,7 @@ import json
 
 import pytest
 import yaml
-from conftest import TINY, run_tlstm
+from conftest import TINY
 
 from tensorlstm.cli import _sweeper_direction, compose, main
 from tensorlstm.paths import SUBDIR_MAX, sweep_subdir
@@ -46,9 +46,9 @@ def test_launcher_configs_compose(launcher, target):
         assert cfg.hydra.launcher.max_num_timeout > 0 and cfg.hydra.launcher.signal_delay_s > 0
 
 
-def test_submitit_local_launcher_runs_a_two_job_sweep(tmp_path):
+def test_submitit_local_launcher_runs_a_two_job_sweep(tlstm, tmp_path):
     long_value = "run/" + "x" * 300  # a '/' and a name over the file-name limit: one folder per job all the same
-    r = run_tlstm("train", "-m", "hydra/launcher=submitit_local", *TINY, "trainer.max_steps=3",
+    r = tlstm("train", "-m", "hydra/launcher=submitit_local", *TINY, "trainer.max_steps=3",
                   "trainer.eval_every=3", "cell=lstm,tt", f"logger.project={long_value}",
                   f"hydra.sweep.dir={tmp_path}", timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]

@@ -23,7 +23,7 @@ from tensorlstm.cells.base import RecurrentNet
 from tensorlstm.data.text import STANDARD_SPLIT, CharCorpus, load_char_corpus
 from tensorlstm.errors import UserError
 from tensorlstm.tasks.base import Batch, CellFactory, Task
-from tensorlstm.tasks.common import evaluating, full_precision
+from tensorlstm.tasks.common import evaluating, full_precision, seeded_generator
 
 LN2 = math.log(2.0)
 # symbols of the standard corpora (used to build the model without reading the data, for `tlstm info`)
@@ -203,7 +203,7 @@ class CharLMTask(Task):
             model,
             length,
             prime,
-            torch.Generator().manual_seed(self.seed * 7919 + step),
+            seeded_generator(self.seed * 7919 + step),
             float(self.cfg["sample_temperature"]),
         )
         path = Path(run_dir) / f"sample_{step}.txt"

@@ -23,7 +23,7 @@ from tensorlstm.defaults import cell_config
 from tensorlstm.errors import UserError
 from tensorlstm.models.draw import DRAW, DrawShape, bernoulli_nll
 from tensorlstm.tasks.base import Batch, CellFactory, Task
-from tensorlstm.tasks.common import evaluating
+from tensorlstm.tasks.common import EpochOrder, evaluating, seeded_generator, seeded_numpy
 from tensorlstm.tensor import factorized_formats
 
 FACTORIZED = factorized_formats()
@@ -108,7 +108,7 @@ class DrawMNISTTask(Task):
         self.batch_size = int(cfg["batch_size"])
         self.eval_batch_size = int(cfg["eval_batch_size"])
         self.data: dict[str, np.ndarray] | None = None
-        self._epoch_perm: tuple[int, np.ndarray] | None = None
+        self._epoch_order = EpochOrder(seed, numpy=True)
 
     # ------------------------------------------------------------------------------------------ model
     def build_model(self, make_cell: CellFactory) -> nn.Module:
@@ -147,22 +147,16 @@ class DrawMNISTTask(Task):
             n = len(self.data["train"])
             raise UserError(f"task.batch_size={self.batch_size} exceeds the {n} training images; lower it")
 
-    def _permutation(self, epoch: int) -> np.ndarray:
-        if self._epoch_perm is None or self._epoch_perm[0] != epoch:
-            n = len(self.data["train"])
-            self._epoch_perm = (epoch, np.random.default_rng([self.seed, epoch]).permutation(n))
-        return self._epoch_perm[1]
-
     def train_batch(self, step: int) -> Batch:
         """A pure function of (seed, step): epoch-wise permutations; dynamic bits drawn from (seed, step)."""
         self.prepare()
         n = len(self.data["train"])
         per_epoch = n // self.batch_size
         epoch, i = divmod(step, per_epoch)
-        idx = self._permutation(epoch)[i * self.batch_size : (i + 1) * self.batch_size]
+        idx = self._epoch_order(epoch, n)[i * self.batch_size : (i + 1) * self.batch_size]
         if self.binarization == "dynamic":
             grey = self.data["train_grey"][idx].astype(np.float32) / 255.0
-            rng = np.random.default_rng([self.seed, 1, step])
+            rng = seeded_numpy(self.seed, 1, step)
             bits = rng.random(grey.shape, dtype=np.float32) < grey
         else:
             bits = self.data["train"][idx]
@@ -189,7 +183,7 @@ class DrawMNISTTask(Task):
             images = images[: int(limit)]
         samples = max(1, int(self.cfg["eval_samples"]))
         with evaluating(model):
-            gen = torch.Generator(device=self.device).manual_seed(self.seed + (1 if split == "valid" else 2))
+            gen = seeded_generator(self.seed + (1 if split == "valid" else 2), device=self.device)
             dtype = _dtype(model)
             total_bce = total_kl = 0.0
             for start in range(0, len(images), self.eval_batch_size):
@@ -208,7 +202,7 @@ class DrawMNISTTask(Task):
         """n samples from the prior: Bernoulli means after every glimpse, (T, n, H, W) in [0, 1]."""
         gen = None
         if seed is not None:
-            gen = torch.Generator(device=self.device).manual_seed(seed)
+            gen = seeded_generator(seed, device=self.device)
         with evaluating(model):
             logits = model.generate(n, device=self.device, generator=gen)
         s = self.shape

@@ -33,7 +33,7 @@ from tensorlstm.data.ucf11 import PROTOCOLS, FrameCache, make_splits
 from tensorlstm.data.video import resample_indices, resize_frames
 from tensorlstm.errors import UserError
 from tensorlstm.tasks.base import Batch, CellFactory, Task
-from tensorlstm.tasks.common import evaluating
+from tensorlstm.tasks.common import EpochOrder, evaluating, seeded_numpy
 
 NORMALIZATIONS = ("center", "channel_mean")
 
@@ -109,6 +109,7 @@ class UCF11Task(Task):
         self.pixel_mean = torch.full((3,), 127.5)
         self.pixel_scale = torch.full((3,), 127.5)
         self.prefetch = int(cfg["prefetch"])
+        self._epoch_order = EpochOrder(seed, numpy=True)
         self._executor: ThreadPoolExecutor | None = None
         self._pending: dict[int, Future] = {}
         self.cache: FrameCache | None = None
@@ -180,7 +181,7 @@ class UCF11Task(Task):
     def _make_batch(self, clips: np.ndarray, step: int | None) -> Batch:
         """Batch of clips; ``step`` None means evaluation (fixed frames), else training sampling."""
         idx = [self._frame_indices(int(i), None if step is None else
-                                   np.random.default_rng([self.seed % 2**63, step, int(i)])) for i in clips]
+                                   seeded_numpy(self.seed, step, int(i))) for i in clips]
         steps = max(len(f) for f in idx)
         width, height = self.frame_size
         frames = np.empty((len(clips), steps, height, width, 3), dtype=np.uint8)
@@ -228,7 +229,7 @@ class UCF11Task(Task):
     def _train_batch(self, step: int) -> Batch:
         train = self.splits["train"]
         epoch, k = divmod(step, self.steps_per_epoch())
-        perm = train[np.random.default_rng([self.seed % 2**63, epoch]).permutation(len(train))]
+        perm = train[self._epoch_order(epoch, len(train))]
         if len(perm) < self.batch_size:
             perm = np.resize(perm, self.batch_size)
         return self._make_batch(perm[k * self.batch_size : (k + 1) * self.batch_size], step)
