@@ -279,14 +279,23 @@ def _saved_overrides(overrides: list[str]) -> list[str]:
 
 
 def _run_overrides(run_dir: Path) -> list[str]:
-    """A run's own overrides (.hydra/overrides.yaml) without the hydra.* and resume= ones; [] without the file."""
+    """A run's own overrides (.hydra/overrides.yaml) without the hydra.* and resume= ones, in today's key names
+    (engine.checkpoint.RENAMED; REMOVED keys dropped); [] without the file."""
     from omegaconf import OmegaConf
+
+    from tensorlstm.engine.checkpoint import REMOVED, RENAMED
 
     saved = run_dir / ".hydra" / "overrides.yaml"
     if not saved.is_file():
         return []
-    return [o for o in OmegaConf.to_container(OmegaConf.load(saved))
-            if not o.startswith(("hydra.", "resume="))]
+    out = []
+    for o in OmegaConf.to_container(OmegaConf.load(saved)):
+        prefix = o[: len(o) - len(o.lstrip("+~"))]
+        key, sep, value = o[len(prefix):].partition("=")
+        if o.startswith(("hydra.", "resume=")) or key in REMOVED:
+            continue
+        out.append(f"{prefix}{RENAMED.get(key, key)}{sep}{value}")
+    return out
 
 
 def _saved_config(run_dir: Path) -> dict | None:

@@ -70,3 +70,12 @@ def test_a_moved_default_set_explicitly_on_resume_is_refused(tlstm, old_run):
     assert r.returncode == 2
     assert "another config" in r.stderr and "task.predict_first: False -> True" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_a_run_started_with_a_renamed_key_resumes_with_todays_name(tmp_path):
+    from tensorlstm.cli import _run_overrides
+
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / ".hydra" / "overrides.yaml").write_text(
+        "- cell=tt\n- cell.mode=reconstruct\n- trainer.tbptt=null\n- hydra.run.dir=x\n- resume=auto\n")
+    assert _run_overrides(tmp_path) == ["cell=tt", "cell.forward=reconstruct"]
