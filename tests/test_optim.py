@@ -42,6 +42,24 @@ def test_kernels_match_the_loop(name, impl):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
+def test_default_leaves_the_kernel_to_torch():
+    """implementation=default (configs saved before the key): no kernel argument, so torch picks as it did then
+    (the per-parameter loop on a CPU); bit-identical to implementation=loop here."""
+    opt = build_optimizer(_model(), group_config("optim", "adam", implementation="default"))
+    assert opt.defaults["foreach"] is None and opt.defaults["fused"] is None
+    x, y = torch.randn(16, 5), torch.randn(16, 3)
+    params = []
+    for which in ("loop", "default"):
+        model = _model()
+        opt = build_optimizer(model, group_config("optim", "adam", implementation=which))
+        for _ in range(3):
+            opt.zero_grad()
+            nn.functional.mse_loss(model(x), y).backward()
+            opt.step()
+        params.append([p.detach() for p in model.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*params))
+
+
 def test_bad_implementation_is_a_user_error():
     with pytest.raises(UserError, match="optim.implementation"):
         build_optimizer(_model(), group_config("optim", "adam", implementation="fast"))

@@ -27,7 +27,7 @@ RENAMED = {
     "cell.mode": "cell.forward",  # c776ef8: `mode` meant three things; the forward strategy is cell.forward
 }
 REMOVED = {
-    "trainer.tbptt": "5a2a8ee: never read (truncated BPTT is task.bptt_len / the task's carried state)",
+    "trainer.tbptt": "5a2a8ee: dropped, the trainer never read it",
 }
 # (dotted key, which configs have it, value before the key existed: cfg -> value, why). "which" tells the cell and
 # task families apart: plain/factorized cells (configs/cell/lstm.yaml and its children) have `format`, tLSTM has `norm`.
