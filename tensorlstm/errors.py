@@ -26,4 +26,4 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message: str):
         usage = " ".join(self.format_usage().split()).removeprefix("usage: ")
-        raise UserError(f"{self.prog}: {message} (usage: {usage})")
+        raise UserError(f"{self.prog}: {message}; use {usage}")
