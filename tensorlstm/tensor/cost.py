@@ -32,6 +32,8 @@ SHORT_POST_PENALTY = 1.5
 # In-place products with at least this long a post run as a broadcast bmm (ModeProduct): 2-3x faster
 # forward than torch.matmul there; with a shorter post its backward is slower than matmul's.
 BMM_MIN_POST = 64
+# acc @ W with n >= WIDE_RATIO * k outputs per contracted entry: W is stored (k, n) row-major (planner._right_operand)
+WIDE_RATIO = 16
 
 
 def step_costs(equation: str, sizes: dict[str, int]) -> tuple[float, float, int]:
