@@ -46,18 +46,34 @@ def test_upgrade_gives_an_old_config_every_key_of_today():
     assert sorted(leaf_values(upgrade_config(old))) == sorted(set(leaf_values(today)) - inert)
 
 
-@pytest.mark.parametrize("how", ["dir", "auto"])
-def test_an_old_run_resumes_and_trains_as_the_old_code_did(tlstm, old_run, how):
-    """Resumed from step 2 to 4 today, its records equal those of the old code's uninterrupted 4-step run."""
+def _tlstm_in(folder: Path, *args: str, monkeypatch, capsys) -> tuple[int, str, str]:
+    """`tlstm <args>` in this process (fast), from `folder` (the run's data path is relative to it)."""
+    from tensorlstm.cli import main
+
+    monkeypatch.chdir(folder)
+    try:
+        code = main(list(args))
+    except SystemExit as e:
+        code = e.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.mark.parametrize("how", ["dir", "auto", "reproduce"])
+def test_an_old_run_resumes_and_trains_as_the_old_code_did(old_run, how, monkeypatch, capsys):
+    """Resumed from step 2 to 4 today, its records equal those of the old code's uninterrupted 4-step run:
+    resume=<run dir>; resume=auto with the original command; and as `tlstm reproduce` resumes a row (its
+    command, hydra.run.dir=<the row's dir> resume=auto)."""
     if how == "dir":
         args = [f"resume={old_run}", "trainer.max_steps=4", "trainer.test_at_end=false"]
     else:  # the original command again, longer
         args = [o for o in _original_overrides() if not o.startswith("trainer.max_steps=")]
         args += ["trainer.max_steps=4", "trainer.test_at_end=false", "resume=auto"]
-    r = tlstm("train", *args, cwd=old_run.parents[3])
-    assert r.returncode == 0, r.stderr
-    assert f"resuming {old_run}" in r.stdout
-    assert "task.predict_first=false" in r.stdout and "optim.implementation='default'" in r.stdout  # said, not silent
+        args += [f"hydra.run.dir={old_run}"] if how == "reproduce" else []
+    code, out, err = _tlstm_in(old_run.parents[3], "train", *args, monkeypatch=monkeypatch, capsys=capsys)
+    assert code == 0, err
+    assert f"resuming {old_run}" in out
+    assert "task.predict_first=false" in out and "optim.implementation='default'" in out  # said, not silent
     assert _records(old_run / "metrics.jsonl") == _records(FIXTURE / "uninterrupted.jsonl")
     saved = OmegaConf.load(old_run / ".hydra" / "config.yaml")
     assert saved.task.predict_first is False and saved.cell.forward == "auto" and "mode" not in saved.cell
@@ -65,7 +81,8 @@ def test_an_old_run_resumes_and_trains_as_the_old_code_did(tlstm, old_run, how):
 
 
 def test_a_moved_default_set_explicitly_on_resume_is_refused(tlstm, old_run):
-    """The user's own value wins over the saved one, so asking for today's predict_first is another config."""
+    """The user's own value wins over the saved one, so asking for today's predict_first is another config (a real
+    process: exit status and stderr)."""
     r = tlstm("train", f"resume={old_run}", "task.predict_first=true", cwd=old_run.parents[3])
     assert r.returncode == 2
     assert "another config" in r.stderr and "task.predict_first: False -> True" in r.stderr
