@@ -259,6 +259,13 @@ def _figure(n: int):
     return plt, fig, axes[0]
 
 
+def _wrapped(title: str, fig) -> str:
+    """A figure title in lines that fit the figure's width (about 12 characters an inch at 9 points)."""
+    import textwrap
+
+    return textwrap.fill(title, int(12 * fig.get_size_inches()[0]))
+
+
 def plot_params_vs_metric(table: dict, rows: list[dict], path: Path) -> None:
     """One point per row: ours (filled, ± sd over folds) and the paper's (open square) at its params, log x."""
     metric, groups = table["metric"], panel_rows(table, rows)
@@ -287,8 +294,8 @@ def plot_params_vs_metric(table: dict, rows: list[dict], path: Path) -> None:
         better = "higher" if table["higher_is_better"] else "lower"
         ax.set(xlabel=f"{table['params_key']} (log scale)", ylabel=f"test {metric} ({better} is better)",
                title=prefix or "")
-    fig.suptitle(f"{table['title']}\nfilled circles: ours; open squares: the paper's (same colour = same row)",
-                 fontsize=9)
+    key = "filled circles: ours; open squares: the paper's (same colour = same row)"
+    fig.suptitle(f"{_wrapped(table['title'], fig)}\n{key}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -314,7 +321,7 @@ def plot_curves(table: dict, rows: list[dict], path: Path) -> None:
         else:
             ax.text(0.5, 0.5, "no run has validated yet", ha="center", va="center", transform=ax.transAxes)
         ax.set(xlabel="step", ylabel=f"validation {metric}", title=prefix or "")
-    fig.suptitle(table["title"], fontsize=9)
+    fig.suptitle(_wrapped(table["title"], fig), fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
