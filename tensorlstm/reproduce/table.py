@@ -192,8 +192,8 @@ def render(table: dict, rows: list[dict], out_dir: Path) -> str:
 # -- the report --------------------------------------------------------------------------------------------
 def curve_of(table: dict) -> tuple[str, bool]:
     """The validation metric the curves (and an unfinished row's entry) show, and whether higher is better: the
-    table's `curve` ({metric, higher_is_better}) where its metric is not logged per evaluation (samples_to_99 is
-    computed at the end; its curve is seq_accuracy), else the table's metric."""
+    table's `curve` ({metric, higher_is_better, and optionally range: [lo, hi]}) where its metric is not logged per
+    evaluation (samples_to_99 is computed at the end), else the table's metric."""
     curve = table.get("curve") or {}
     return curve.get("metric", table["metric"]), curve.get("higher_is_better", table["higher_is_better"])
 
@@ -357,8 +357,14 @@ def curve_lines(table: dict, rows: list[dict]) -> list[str]:
             label = r["row"] + (f" ({run.name})" if run.name.startswith("fold") else "")
             t = curve_trend(points)
             b = best(points, key=lambda p: p[1])
-            trend = (f"{t['per_doubling']:+.3g} per doubling (steps {t['fit_from']:,}-{t['last'][0]:,}) | "
-                     f"{_fmt(t['at_twice'])} at step {2 * t['last'][0]:,}") if t else "- | -"
+            if t:
+                lo, hi = (table.get("curve") or {}).get("range") or (-math.inf, math.inf)
+                at = _fmt(t["at_twice"]) if lo <= t["at_twice"] <= hi else \
+                    f"{_fmt(min(max(t['at_twice'], lo), hi))} (the line leaves the metric's range)"
+                trend = (f"{t['per_doubling']:+.3g} per doubling (steps {t['fit_from']:,}-{t['last'][0]:,}) | "
+                         f"{at} at step {2 * t['last'][0]:,}")
+            else:
+                trend = "- | -"
             lines.append(f"| {label} | {len(points)} | {_fmt(points[0][1])} at {points[0][0]:,} | "
                          f"{_fmt(points[-1][1])} at {points[-1][0]:,} | {_fmt(b[1])} at {b[0]:,} | {trend} |")
     if not lines:
