@@ -191,3 +191,18 @@ def test_rows_are_matched_whole_first_then_split_at_commas():
     assert select_rows("t", known, ["LSTM,TT-LSTM", "BT"]) == ["LSTM", "TT-LSTM", "BT"]  # split, and repeated
     with pytest.raises(UserError, match=r"^table t has no row 'GRU'; choose from: 'LSTM', 'TT-LSTM', 'BT, R=2', 'BT'$"):
         select_rows("t", known, ["LSTM,GRU"])
+
+
+def test_the_trend_of_a_bounded_curve_is_capped_at_its_range(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    points = [(100 * k, 0.2 * k) for k in range(1, 6)]  # accuracy rising 0.2 per 100 steps: the line passes 1
+    (run / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "split": "valid", "accuracy": v}) + "\n"
+                                               for s, v in points))
+    table = {"metric": "samples_to_99", "higher_is_better": False,
+             "curve": {"metric": "accuracy", "higher_is_better": True, "range": [0, 1]}}
+    line = rt.curve_lines(table, [{"row": "r", "run_dir": str(run)}])[-2]
+    assert line.startswith("| r | 5 | 0.2 at 100 | 1 at 500 | 1 at 500 |")
+    assert "| 1 (the line leaves the metric's range) at step 1,000 |" in line
+    assert rt.curve_of(table) == ("accuracy", True)
+    assert rt.curve_of({**table, "curve": None}) == ("samples_to_99", False)
