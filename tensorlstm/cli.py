@@ -330,7 +330,8 @@ def _resume_pins(run_dir: Path, run_overrides: list[str], now: list[str], cfg: d
     from tensorlstm.engine.checkpoint import config_differences, leaf_values, resume_pins
 
     saved = _saved_config(run_dir)
-    if saved is None or not config_differences(saved, cfg):
+    differences = config_differences(saved, cfg) if saved is not None else []
+    if not differences:
         return []
     base = to_dict(compose(run_overrides))  # the run's own command, composed today
     if same_command and config_differences(base, cfg):
@@ -340,7 +341,7 @@ def _resume_pins(run_dir: Path, run_overrides: list[str], now: list[str], cfg: d
     today, before = leaf_values(cfg), leaf_values(base)
     named |= {k for k, v in today.items() if k not in before or before[k] != v}
     pins = resume_pins(saved, cfg, named)
-    if same_command and any(d.partition(":")[0] not in pins for d in config_differences(saved, cfg)):
+    if same_command and any(d.partition(":")[0] not in pins for d in differences):
         return None  # pinning leaves a difference: another run
     return [f"{k}={_override_value(v)}" for k, v in pins.items()]
 
@@ -363,9 +364,10 @@ def _resume_dir(resume: str, new_run_dir: Path, cfg: dict, now: list[str]) -> tu
         saved = _saved_config(run_dir)
         if saved is None:
             return run_dir, []
-        pins = _say_pins(run_dir, _resume_pins(run_dir, _run_overrides(run_dir), now, cfg))
+        own = _run_overrides(run_dir)
+        pins = _say_pins(run_dir, _resume_pins(run_dir, own, now, cfg))
         if pins:
-            _, cfg = load_config([*_run_overrides(run_dir), *now, *pins])
+            _, cfg = load_config([*own, *now, *pins])
         check_resumable(saved, cfg, str(run_dir))  # checked before Hydra rewrites the run's .hydra/ files
         return run_dir, pins
     found = []

@@ -229,6 +229,9 @@ def train(cfg: dict, run_dir: Path) -> dict:
     eval_every, log_every = int(tcfg["eval_every"]), int(tcfg["log_every"])
     checkpoint_every_s = tcfg["checkpoint_every_s"]
     last_saved = time.monotonic()
+
+    def checkpoint_due() -> bool:  # time-based last.pt between evaluations; under DDP on rank 0's clock
+        return bool(checkpoint_every_s) and time.monotonic() - last_saved >= checkpoint_every_s
     progress = Progress(tcfg if world.main else {**tcfg, "progress": False}, step, max_steps)
     exit_code = 0
     model.train()  # every evaluation below runs in tasks.common.evaluating, which puts this mode back
@@ -239,9 +242,8 @@ def train(cfg: dict, run_dir: Path) -> dict:
                 batch = to_device(distributed.shard(task.train_batch(step), world), device, device.type == "cuda")
                 with autocast():
                     loss, stats, new_carry = task.loss(train_model, batch, carry if task.carries_state else None)
-                due = None  # time-based checkpoint: decided after the step, under DDP on rank 0's clock now
                 if world.enabled:  # one all-reduce: the same decisions everywhere, the global loss and stats
-                    due = bool(checkpoint_every_s) and time.monotonic() - last_saved >= checkpoint_every_s
+                    due = checkpoint_due()
                     loss, stats, finite, stop_signal, due = _reduce_step(task, batch, loss, stats, signals, due,
                                                                          world, device)
                 else:
@@ -302,8 +304,7 @@ def train(cfg: dict, run_dir: Path) -> dict:
                         log.info("step %d: valid %s=%s reached trainer.stop_at=%s; stopping", step, task.metric,
                                  value, tcfg["stop_at"])
                         break
-                elif due if due is not None else \
-                        checkpoint_every_s and time.monotonic() - last_saved >= checkpoint_every_s:
+                elif due if world.enabled else checkpoint_due():  # one process: decided after the step
                     save_last()  # between evaluations, so that a kill loses at most checkpoint_every_s of work
                 if not world.enabled:
                     stop_signal = signals.received
