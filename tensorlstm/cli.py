@@ -618,12 +618,8 @@ def cmd_sample(args: list[str]) -> int:
 def cmd_reproduce(args: list[str]) -> int:
     from tensorlstm.reproduce.table import publish_index, reproduce
 
-    checkout = Path(__file__).resolve().parent.parent  # --publish writes docs/results/ of the source checkout
     if args == ["--publish"]:  # only regenerate README's results section and docs/results.md from docs/results/
-        if not (checkout / "docs" / "results").is_dir():
-            raise UserError("--publish regenerates a source checkout's README.md and docs/results.md; run it from a "
-                            "git clone of tensorlstm (pip install -e .)")
-        changed = publish_index(checkout)
+        changed = publish_index(_source_checkout())
         print("regenerated: " + (", ".join(str(p) for p in changed) if changed else "nothing (already up to date)"))
         return 0
     ns = _parse("reproduce", args,
@@ -634,11 +630,17 @@ def cmd_reproduce(args: list[str]) -> int:
                 target="table")
     if not ns.table:
         raise UserError(f"tlstm reproduce needs a table name; choose one of: {', '.join(_choices('table'))}")
-    if ns.publish and not (checkout / "configs" / "train.yaml").is_file():
+    return reproduce(ns.table, CONFIG_DIR, ns.overrides, collect_only=ns.collect, only_rows=ns.rows, folds=ns.folds,
+                     publish_to=_source_checkout() if ns.publish else None, check=load_config)
+
+
+def _source_checkout() -> Path:
+    """The source checkout `--publish` writes into (its docs/results/, README.md and docs/results.md)."""
+    checkout = Path(__file__).resolve().parent.parent
+    if not all((checkout / f).exists() for f in ("configs/train.yaml", "docs/results", "README.md")):
         raise UserError("--publish writes into a source checkout's docs/results/ and README.md; run it from a "
                         "git clone of tensorlstm (pip install -e .)")
-    return reproduce(ns.table, CONFIG_DIR, ns.overrides, collect_only=ns.collect, only_rows=ns.rows, folds=ns.folds,
-                     publish_to=checkout if ns.publish else None, check=lambda overrides: load_config(overrides))
+    return checkout
 
 
 def cmd_bench(args: list[str]) -> int:

@@ -206,3 +206,15 @@ def test_the_trend_of_a_bounded_curve_is_capped_at_its_range(tmp_path):
     assert "| 1 (the line leaves the metric's range) at step 1,000 |" in line
     assert rt.curve_of(table) == ("accuracy", True)
     assert rt.curve_of({**table, "curve": None}) == ("samples_to_99", False)
+
+
+@pytest.mark.parametrize("args", [["--publish"], ["addition_cells", "--collect", "--publish"]])
+def test_publish_outside_a_source_checkout_is_one_line(args, tmp_path, monkeypatch, capsys):
+    import tensorlstm.cli as cli
+
+    monkeypatch.setattr(cli, "__file__", str(tmp_path / "site-packages" / "tensorlstm" / "cli.py"))  # a wheel install
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    with pytest.raises(SystemExit) as exit_:
+        main(["reproduce", *args])
+    assert exit_.value.code == 2
+    assert "run it from a git clone of tensorlstm" in capsys.readouterr().err
