@@ -22,11 +22,13 @@ STREAMS = {
     "captioning": "8c707cb5c9be3519",
     "char_lm": "cf45d773c2256497",
     "draw_mnist": "8d169bca7a406bed",
+    "hollywood2": "c5e272679b6ebe65",  # added with the task (the UCF11 pipeline's stream on multi-hot targets)
     "memorization": "6a1efe48f0cf48e9",
     "pmnist": "1774f50731c2774d",  # the batches of smnist: the model permutes the pixels
     "polyphonic": "18424ed6b1b0ec83",
     "smnist": "1774f50731c2774d",
     "ucf11": "4243a08a31ff27e4",
+    "youtube_celebrities": "fd2cd73c1f31b40e",  # added with the task
 }
 
 

@@ -81,14 +81,17 @@ def test_folds_collect_to_mean_and_sd_and_publish_regenerates_the_readme(tmp_pat
     assert "1 of 4 rows finished" in readme and "(docs/results/yang2017_ucf11/report.md)" in readme
 
 
-def test_folds_and_unrunnable_tables_are_one_line_errors():
+def test_folds_and_unrunnable_tables_are_one_line_errors(tmp_path):
     cfgs = ROOT / "configs"
     with pytest.raises(UserError, match="folds run from 0 to 4"):
         rt.reproduce("yang2017_ucf11", cfgs, [], folds="5")
     with pytest.raises(UserError, match="has no folds"):
         rt.reproduce("addition_cells", cfgs, [], folds="all")
-    with pytest.raises(UserError, match="cannot run here: no Hollywood2 loader"):
-        rt.reproduce("yang2017_hollywood2", cfgs, [])
+    (tmp_path / "table").mkdir()  # a table whose rows only pin counts says why it cannot run
+    (tmp_path / "table" / "pinned.yaml").write_text((cfgs / "table" / "addition_cells.yaml").read_text()
+                                                    + 'runnable: "no loader for this set"\n')
+    with pytest.raises(UserError, match="cannot run here: no loader for this set"):
+        rt.reproduce("pinned", tmp_path, [])
     assert rt.parse_folds("all", rt.load_table("yang2017_ucf11", cfgs)) == [0, 1, 2, 3, 4]
 
 

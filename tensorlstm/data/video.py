@@ -103,14 +103,16 @@ def read_video(
 
 
 def write_video(path: str | Path, frames: np.ndarray, fps: float = 25.0) -> None:
-    """Write RGB uint8 frames (T, H, W, 3) as a video; ``.mpg`` gives MPEG-1 (UCF11's codec), else mp4v.
+    """Write RGB uint8 frames (T, H, W, 3) as a video; ``.mpg`` gives MPEG-1 (UCF11's codec), ``.avi`` Motion
+    JPEG (OpenCV's own encoder, no FFmpeg needed), else mp4v.
 
     Used by tests and demos to make tiny clips in the real formats.
     """
     cv2 = _cv2()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fourcc = "PIM1" if path.suffix.lower() in (".mpg", ".mpeg") else "mp4v"
+    suffix = path.suffix.lower()
+    fourcc = "PIM1" if suffix in (".mpg", ".mpeg") else "MJPG" if suffix == ".avi" else "mp4v"
     height, width = frames.shape[1:3]
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), float(fps), (width, height))
     if not writer.isOpened():

@@ -15,7 +15,9 @@ TASKS = {
     "pmnist": "tensorlstm.tasks.mnist_seq:PermutedMNISTTask",
     "char_lm": "tensorlstm.tasks.char_lm:CharLMTask",
     "polyphonic": "tensorlstm.tasks.polyphonic:PolyphonicTask",
-    "ucf11": "tensorlstm.tasks.ucf11:UCF11Task",
+    "ucf11": "tensorlstm.tasks.video:UCF11Task",
+    "hollywood2": "tensorlstm.tasks.video:Hollywood2Task",
+    "youtube_celebrities": "tensorlstm.tasks.video:YouTubeCelebritiesTask",
     "draw_mnist": "tensorlstm.tasks.draw_mnist:DrawMNISTTask",
     "captioning": "tensorlstm.tasks.captioning:CaptioningTask",
 }
