@@ -26,12 +26,19 @@ def speed(device_type: str, kind: str) -> tuple[float, float, float]:
 
 # Measured on CPU (1 thread, forward+backward of (pre, K, post) x (N, K) products of 0.13-0.18 GFLOP):
 # a plain GEMM (post == 1), the transposed form "mmT" and the in-place form with a long post all run
-# at about the same rate; the in-place form with post < 16 runs ~1.5x slower.
-SHORT_POST = 16
+# at about the same rate; the in-place form with a short post runs ~1.5x slower (or worse: Tucker's first
+# product at the UCF11 shape in place with post 18, (768, 400, 18) x (16, 400), 15 ms fwd+bwd, against ~8 ms
+# for the plain GEMM of the last two modes, (15360, 360) x (16, 360)), hence the bound 32.
+SHORT_POST = 32
 SHORT_POST_PENALTY = 1.5
 # In-place products with at least this long a post run as a broadcast bmm (ModeProduct): 2-3x faster
 # forward than torch.matmul there; with a shorter post its backward is slower than matmul's.
 BMM_MIN_POST = 64
+# passes over a merged operand's elements that a chain step costs beyond its product (planner.chain_executions):
+# written by the merge and read by the product, its gradient written and read by the merge's backward. Without
+# them the model preferred Tucker's four out-mode factors merged into one (1024, 256) operand at the UCF11 shape
+# (96 rows), measured fwd+bwd 15.8 ms against 13.8 ms absorbing them one by one (1 CPU thread, 11 rounds).
+MERGE_PASSES = 4
 # acc @ W with n >= WIDE_RATIO * k outputs per contracted entry: W is stored (k, n) row-major (planner._right_operand)
 WIDE_RATIO = 16
 

@@ -31,8 +31,16 @@ from functools import lru_cache
 import opt_einsum as oe
 import torch
 
-from tensorlstm.tensor.cost import BMM_MIN_POST, SHORT_POST, SHORT_POST_PENALTY, WIDE_RATIO, speed, step_costs
-from tensorlstm.tensor.kernels import ModeProduct
+from tensorlstm.tensor.cost import (
+    BMM_MIN_POST,
+    MERGE_PASSES,
+    SHORT_POST,
+    SHORT_POST_PENALTY,
+    WIDE_RATIO,
+    speed,
+    step_costs,
+)
+from tensorlstm.tensor.kernels import Gemm, ModeProduct, use_onednn
 
 
 @dataclass(frozen=True)
@@ -176,7 +184,8 @@ class ChainPlan:
             pre, post = math.prod(shape[: step.start]), math.prod(shape[step.stop :])
             mat = op.reshape(n, k).contiguous()
             if post == 1:
-                out = acc.reshape(pre, k) @ _right_operand(mat)
+                a2 = acc.reshape(pre, k)
+                out = Gemm.apply(a2, mat) if use_onednn(a2, mat) else a2 @ _right_operand(mat)
             elif step.kind == "mm":
                 acc3 = acc.reshape(pre, k, post)
                 if post >= BMM_MIN_POST:
@@ -234,6 +243,9 @@ def chain_executions(
         if len(group) > 1 or op_axes != letters:  # merge several, or sum out axes used nowhere else
             merge_eq = ",".join(subs[k] for k in group) + "->" + "".join(op_axes)
             merge_flops = 2.0 * size_of(letters)
+        # a merged operand is written, then read by the product; its gradient is written and read again (and
+        # unmerged) in the backward: MERGE_PASSES passes over its elements
+        merge_moved = MERGE_PASSES * size_of(op_axes) if merge_eq is not None else 0.0
         shared = [c for c in acc if c in op_axes]
         contracted = [c for c in shared if c not in later]
         batch = [c for c in shared if c in later]
@@ -279,7 +291,7 @@ def chain_executions(
                         nxt,
                         steps + [step],
                         flops + f,
-                        moved + acc_size + out_size + copies,
+                        moved + acc_size + out_size + copies + merge_moved,
                         max(largest, out_size),
                     )
         else:
@@ -291,7 +303,7 @@ def chain_executions(
                              post=1, n=size_of(new), merge=int(merge_flops // 2))
             f = 2.0 * size_of(list(dict.fromkeys(acc + op_axes))) + merge_flops
             # torch.einsum copies a permuted operand and its result: count those passes
-            m = 3.0 * (acc_size + out_size)
+            m = 3.0 * (acc_size + out_size) + merge_moved
             rec(i + 1, nxt, steps + [step], flops + f, moved + m, max(largest, out_size))
 
     rec(0, list(x_axes), [], 0.0, 0.0, 0)
