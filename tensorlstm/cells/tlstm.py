@@ -32,6 +32,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from tensorlstm.cells.base import RecurrentNet, State, select_state
+from tensorlstm.cells.tlstm_fused import TLSTMSequence
 from tensorlstm.cells.tlstm_ops import (
     NORMS,
     Geometry,
@@ -97,6 +98,11 @@ class TensorizedLSTM(RecurrentNet):
         self.register_buffer("input_locations", reads_input.nonzero()[:, 0], persistent=False)
         self.register_buffer("input_taps", reads_input.nonzero()[:, 1], persistent=False)
         self.register_buffer("memory_table", memory_table(geometry), persistent=False)
+        # the fused sequence node's tables (``tlstm_fused``): the cross-layer gather row-major, and each memory
+        # tap's place in the flattened (N, N) kernel matrix of its location
+        self.register_buffer("hidden_index", self.hidden_table.flatten(), persistent=False)
+        self.register_buffer("memory_index", (torch.arange(N).unsqueeze(1) * N + self.memory_table).flatten(),
+                             persistent=False)
         if norm == "ccn":  # causal channel norm: depth of each location, and how depths sum along diagonals
             self.register_buffer("location_depths", location_depths(geometry), persistent=False)
             self.register_buffer("diagonal_table", diagonal_sum_table(self.depth), persistent=False)
@@ -185,8 +191,10 @@ class TensorizedLSTM(RecurrentNet):
         # The input's share of A for all steps at once; unbind (not x[:, s]) so that backward stacks the
         # per-step gradients once instead of filling a full-size zero tensor per step.
         x_terms = self._input_terms(xp)  # (B, T + delay, pairs, M^o)
-        final = state
         last = None if lengths is None else lengths.to(x.device) - 1
+        if self._fused(x) and T > 0:
+            return self._fused_forward(x_terms, state, last)
+        final = state
         outputs = []
         fast = self._batched_weight_grad(x)
         if fast:  # A_t = (b^h + input terms)_t + patches_t W^h, the first part for all steps at once
@@ -210,6 +218,30 @@ class TensorizedLSTM(RecurrentNet):
         if not outputs:
             return x.new_zeros(B, 0, self.M), final
         return self.dropout(torch.stack(outputs, dim=1)), final
+
+    def _fused(self, x: torch.Tensor) -> bool:
+        """Whether ``forward`` runs the whole loop as one node (``tlstm_fused``): norm=none, outside autocast."""
+        return self.norm == "none" and not torch.is_autocast_enabled(x.device.type)
+
+    def _fused_forward(self, x_terms: torch.Tensor, state: State, last: torch.Tensor | None):
+        """The loop of ``forward`` as ``TLSTMSequence``: outputs and the final state (at ``last`` with lengths)."""
+        B, S = x_terms.shape[:2]
+        N, Mo = self.geo.locations, self.weight.shape[-1]
+        T = S - self.delay
+        h0, c0 = state
+        a_in = self.bias.to(x_terms.dtype).expand(S, B, N, Mo).index_add(2, self.input_locations,
+                                                                          x_terms.transpose(0, 1))
+        memory = self.memory_index if self.memory_conv else None
+        hs, cs = TLSTMSequence.apply(a_in.view(S, B * N, Mo), self.weight.view(-1, Mo), h0, c0,
+                                     self.hidden_index, memory)
+        y = hs[self.delay :, :, N - 1].transpose(0, 1).contiguous()
+        if last is None:
+            final = (hs[T - 1], cs[T - 1])
+        else:  # each sequence's state after its last step; the initial state where that is outside 0..T-1
+            pick = torch.where((last >= 0) & (last < T), last + 1, 0)
+            rows = torch.arange(B, device=pick.device)
+            final = tuple(torch.cat([s0.unsqueeze(0), seq[:T]])[pick, rows] for s0, seq in ((h0, hs), (c0, cs)))
+        return self.dropout(y), final
 
     def _batched_weight_grad(self, x: torch.Tensor) -> bool:
         """Whether the loop takes ``_input_part`` (everywhere but under autocast, whose norms keep A_t fp32)."""

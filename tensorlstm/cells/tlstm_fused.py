@@ -1,0 +1,191 @@
+"""The tLSTM time loop (``norm=none``) as one autograd node with a hand-written backward over the sequence.
+
+Autograd over the step loop of ``TensorizedLSTM._update`` records ~25 nodes per step (gather, pad, addmm,
+unflatten, tanh, sigmoid, softmax, the memory-cell gather and weighted sum, ...) and runs their backward one by
+one, each with its temporaries, zero-filled slice gradients and an index_put for the gather. Here the forward
+runs the loop without recording, into buffers allocated once per sequence, and the backward walks the steps in
+reverse with a fixed handful of ops per step:
+
+* the im2col of H_{t-1} is one ``index_select`` into a preallocated (S, B, N taps, M) buffer (the patches are
+  kept: they are the rows of dL/dW^h, formed after the loop as ONE (taps M x S B N) @ (S B N x M^o) product);
+  H_t is written into a (B, N + 1, M) slab whose last row stays zero (the zero padding and the input taps,
+  whose terms come precomputed in ``a_in``), so no pad or cat per step;
+* one GEMM per step, in place into the step's slab of a preallocated (S, B N, M^o) buffer that already holds
+  b^h + the input terms, and, in the backward, one for dL/dpatches, scattered back onto the locations with one
+  ``index_add_`` (oneDNN's packed GEMM, ``fused_loop.StepMatmul``, measured no faster here at 16-128 rows once
+  its output is copied into the buffer);
+* all gate nonlinearities in one in-place sigmoid (tanh(x) = 2 sigmoid(2x) - 1, as ``fused_loop`` does);
+* the memory-cell convolution as a (B, N, N) matrix per step: the softmax kernel scattered (``scatter_add_``,
+  border taps that clamp to the same location add up) into the rows of its locations, then one ``bmm`` with
+  C_{t-1}; its backward is two ``bmm`` and a ``gather``.
+
+Exactness: the same expressions as ``TensorizedLSTM._cell``/``_update`` with ``norm=none`` (tests compare
+outputs, states and every gradient with the general loop in float64 and run gradcheck); only the order of a few
+additions differs (the memory kernel's duplicate border taps are summed before multiplying, tanh goes through
+the sigmoid), so float64 results agree to ~1e-15, not bit for bit. Plain torch ops only: any device.
+"""
+
+from __future__ import annotations
+
+import torch
+
+_sig_bwd = torch.ops.aten.sigmoid_backward
+_tanh_bwd = torch.ops.aten.tanh_backward
+_softmax_bwd = torch.ops.aten._softmax_backward_data
+
+
+class TLSTMSequence(torch.autograd.Function):
+    """(a_in, W, h0, c0, hidden_index, memory_index) -> (hs, cs), each (S, B, N, M): H_t and C_t of every step.
+
+    a_in (S, B N, M^o): b^h plus the input location's terms of A_t per step; W (taps M, M^o): W^h flattened;
+    h0, c0 (B, N, M); hidden_index (N taps,): the cross-layer table row-major, entries in 0..N with N a zero
+    row; memory_index (N taps,) or None (tLSTM-M): n N + (memory-table entry) for the flattened (N, N) kernel
+    matrix of location n. Gate order G, I, F, O, Q as ``TensorizedLSTM``.
+
+    Few calls per step (each costs a few microseconds whatever its size): every per-step view comes from one
+    ``unbind`` of a buffer allocated once; G's columns of W^h and a_in are doubled (exact) so that one sigmoid
+    over the four gate blocks gives sigmoid(2 A^g); the loop carries C~ = -2 C (exact), so that
+    tanh(C_t) = 1 - 2 sigmoid(C~_t) and H_t = O - 2 O sigmoid(C~_t) take one sigmoid and one addcmul
+    (-2 G = 2 - 4 sigmoid(2 A^g)). The backward first forms, for all steps at once, the local
+    derivatives (sigmoid' = s - s^2, tanh' = 1 - t^2 times the other factor of each product), so that a step
+    costs one multiply per gate group.
+    """
+
+    @staticmethod
+    def forward(ctx, a_in, W, h0, c0, hidden_index, memory_index):  # noqa: D102
+        S, R, Mo = a_in.shape
+        B, N, M = h0.shape
+        KM = W.shape[0]
+        taps = KM // M
+        memory = memory_index is not None
+        # W^h with G's columns doubled and zero columns up to a multiple of 16 (the GEMM's N tail: measured ~10%
+        # slower at 515 columns than at 528 on an AVX-512 CPU; the padding is not counted as work anywhere)
+        Mp = -(-Mo // 16) * 16
+        W2 = W.new_zeros(KM, Mp)
+        W2[:, :Mo] = W
+        W2[:, :M] *= 2.0
+        acts = a_in.new_empty(S, R, Mp)  # A_t, then in place its activations (-2 G, I, F, O; raw A^q)
+        acts[..., :Mo] = a_in
+        acts[..., :M] *= 2.0
+        hbuf = a_in.new_empty(S + 1, B, N + 1, M)  # H_{t-1} slabs with a zero row; hbuf[s + 1] = H_s
+        hbuf[:, :, N].zero_()
+        hbuf[0, :, :N] = h0
+        patches = a_in.new_empty(S, B, N * taps, M)
+        cs = a_in.new_empty(S, B, N, M)  # C~_t = -2 C_t
+        ts = a_in.new_empty(S, B, N, M)  # sigmoid(C~_t): tanh(C_t) = 1 - 2 ts
+        a4 = acts.view(S, B, N, Mp)
+        h_steps, h_out = hbuf.unbind(0), hbuf[1:, :, :N].unbind(0)
+        p_steps, p_rows, a_rows = patches.unbind(0), patches.view(S, R, KM).unbind(0), acts.unbind(0)
+        sig_steps = a4[..., : 4 * M].unbind(0)
+        g_steps, i_steps, f_steps, o_steps = (a4[..., k * M : (k + 1) * M].unbind(0) for k in range(4))
+        c_steps, t_steps = cs.unbind(0), ts.unbind(0)
+        if memory:
+            cms = a_in.new_empty(S, B, N, M)  # conv(C~_{t-1}, softmax(A^q))
+            kmats = a_in.new_zeros(S, B, N * N)  # per location n, row n: its kernel at the taps' locations
+            kerns = a_in.new_empty(S, B, N, taps)
+            scatter_index = memory_index.expand(B, -1)
+            q_steps, cm_steps = a4[..., 4 * M : Mo].unbind(0), cms.unbind(0)
+            km_flat, km_mats = kmats.unbind(0), kmats.view(S, B, N, N).unbind(0)
+            k_steps, k_flat = kerns.unbind(0), kerns.view(S, B, N * taps).unbind(0)
+        c = c0 * -2.0
+        for s in range(S):
+            torch.index_select(h_steps[s], 1, hidden_index, out=p_steps[s])
+            a_rows[s].addmm_(p_rows[s], W2)
+            sig_steps[s].sigmoid_()
+            g_steps[s].mul_(-4.0).add_(2.0)  # -2 G = 2 - 4 sigmoid(2 A^g)
+            if memory:  # dynamic kernel per location: softmax over its taps, replicate padding
+                torch.softmax(q_steps[s], dim=-1, out=k_steps[s])
+                km_flat[s].scatter_add_(1, scatter_index, k_flat[s])
+                cm = torch.bmm(km_mats[s], c, out=cm_steps[s])
+            else:
+                cm = c
+            # C~_t = (-2 G) * I + conv(C~_{t-1}) * F, H_t = O - 2 O sigmoid(C~_t)
+            c = torch.mul(g_steps[s], i_steps[s], out=c_steps[s]).addcmul_(cm, f_steps[s])
+            torch.sigmoid(c, out=t_steps[s])
+            torch.addcmul(o_steps[s], o_steps[s], t_steps[s], value=-2.0, out=h_out[s])
+        cs = cs.mul_(-0.5)  # C_t (exact)
+        saved = [acts, patches, cs, ts, W, c0, hidden_index]
+        if memory:
+            saved += [cms, kmats, kerns, memory_index]
+        ctx.save_for_backward(*saved)
+        ctx.memory = memory
+        ctx.set_materialize_grads(False)
+        return hbuf[1:, :, :N], cs
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g_hs, g_cs):  # noqa: D102
+        saved = ctx.saved_tensors
+        acts, patches, cs, ts, W, c0, hidden_index = saved[:7]
+        memory = ctx.memory
+        S, B, N, M = cs.shape
+        KM, Mo = W.shape
+        taps = KM // M
+        R = B * N
+        a4 = acts.view(S, B, N, -1)
+        i, f, o = (a4[..., k * M : (k + 1) * M] for k in (1, 2, 3))
+        g = a4[..., :M] * -0.5
+        if memory:
+            cms, kmats, kerns, memory_index = saved[7:]
+            cm = cms * -0.5  # conv(C_{t-1})
+        else:
+            cm = torch.cat([c0.unsqueeze(0), cs[:-1]])
+        # local derivatives of every step at once: dL/dA^o = dh * Po, dL/dC_t += dh * Pc, and
+        # dL/d(A^g, A^i, A^f) = dc * Pgif
+        tc = torch.mul(ts, -2.0).add_(1.0)  # tanh(C_t)
+        Po = torch.addcmul(o, o, o, value=-1.0).mul_(tc)
+        Pc = torch.addcmul(o, o, torch.mul(tc, tc), value=-1.0)
+        Pgif = cs.new_empty(S, B, N, 3, M)
+        torch.addcmul(i, i, torch.mul(g, g), value=-1.0, out=Pgif[..., 0, :])
+        torch.mul(torch.addcmul(i, i, i, value=-1.0), g, out=Pgif[..., 1, :])
+        torch.mul(torch.addcmul(f, f, f, value=-1.0), cm, out=Pgif[..., 2, :])
+        # dL/dH_t in slab t + 1 (slab 0: H_0), with the zero row's column that the scatter of the patches hits
+        dH = cs.new_zeros(S + 1, B, N + 1, M)
+        if g_hs is not None:
+            dH[1:, :, :N] = g_hs
+        dh_steps, dH_steps = dH[:, :, :N].unbind(0), dH.unbind(0)
+        da_all = cs.new_empty(S, B, N, Mo)  # dL/dA_t = dL/da_in
+        da_gif = da_all[..., : 3 * M].unflatten(-1, (3, M)).unbind(0)
+        da_o, da_rows = da_all[..., 3 * M : 4 * M].unbind(0), da_all.view(S, R, Mo).unbind(0)
+        Po, Pc, Pgif, f = Po.unbind(0), Pc.unbind(0), Pgif.unbind(0), f.unbind(0)
+        dc, dcm, dc_prev = cs.new_empty(B, N, M), cs.new_empty(B, N, M), cs.new_empty(B, N, M)
+        dc_u = dc.unsqueeze(2)
+        g_c = g_cs.unbind(0) if g_cs is not None else None
+        if memory:
+            gather_index = memory_index.expand(B, -1)
+            c_t = torch.cat([c0.unsqueeze(0), cs[:-1]]).transpose(2, 3).unbind(0)  # C_{t-1}^T per step
+            km_t = kmats.view(S, B, N, N).transpose(2, 3).unbind(0)
+            k_steps, da_q = kerns.unbind(0), da_all[..., 4 * M :].unbind(0)
+            dk, dkern = cs.new_empty(B, N, N), cs.new_empty(B, N, taps)
+            dk_flat, dkern_flat = dk.view(B, N * N), dkern.view(B, N * taps)
+        Wt = W.t()
+        dp = cs.new_empty(R, KM)
+        dp3 = dp.view(B, N * taps, M)
+        dc_next = None if g_c is None else g_c[S - 1]  # dL/dC_t from outside and from step t + 1
+        for s in range(S - 1, -1, -1):
+            dh = dh_steps[s + 1]
+            torch.mul(dh, Po[s], out=da_o[s])
+            if dc_next is None:
+                torch.mul(dh, Pc[s], out=dc)
+            else:
+                torch.addcmul(dc_next, dh, Pc[s], out=dc)
+            torch.mul(dc_u, Pgif[s], out=da_gif[s])
+            torch.mul(dc, f[s], out=dcm)  # dL/dconv(C_{t-1})
+            outside = g_c is not None and s > 0
+            if memory:
+                torch.bmm(dcm, c_t[s], out=dk)
+                torch.gather(dk_flat, 1, gather_index, out=dkern_flat)
+                # (the out= form of _softmax_backward_data ignores a strided out's layout: computed, then copied)
+                da_q[s].copy_(_softmax_bwd(dkern, k_steps[s], -1, cs.dtype))
+                if outside:
+                    dc_next = torch.baddbmm(g_c[s - 1], km_t[s], dcm, out=dc_prev)
+                else:
+                    dc_next = torch.bmm(km_t[s], dcm, out=dc_prev)
+            else:
+                dc_next = torch.add(dcm, g_c[s - 1], out=dc_prev) if outside else dcm
+            torch.mm(da_rows[s], Wt, out=dp)
+            dH_steps[s].index_add_(1, hidden_index, dp3)
+        dW = None
+        if ctx.needs_input_grad[1]:
+            dW = patches.view(S * R, KM).t() @ da_all.view(S * R, Mo)
+        return da_all.view(S, R, Mo), dW, dh_steps[0].clone(), dc_next.clone(), None, None
