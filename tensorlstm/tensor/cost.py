@@ -37,7 +37,8 @@ BMM_MIN_POST = 64
 # passes over a merged operand's elements that a chain step costs beyond its product (planner.chain_executions):
 # written by the merge and read by the product, its gradient written and read by the merge's backward. Without
 # them the model preferred Tucker's four out-mode factors merged into one (1024, 256) operand at the UCF11 shape
-# (96 rows), measured fwd+bwd 15.8 ms against 13.8 ms absorbing them one by one (1 CPU thread, 11 rounds).
+# (96 rows), measured fwd+bwd 16.5 ms against 12.4 ms for the three non-growing ones merged and the growing one
+# last (1 CPU thread, 9 rounds).
 MERGE_PASSES = 4
 # acc @ W with n >= WIDE_RATIO * k outputs per contracted entry: W is stored (k, n) row-major (planner._right_operand)
 WIDE_RATIO = 16

@@ -88,11 +88,13 @@ class TuckerMap(FactorizedMap):
         chains += [((*ins, 0), *((k,) for k in grow)), ((*ins, 0), tuple(grow[:-1]), (grow[-1],))]
         # two adjacent in-mode factors merged first (a Kronecker product of two small factors): x meets them in
         # one plain GEMM with K = I_k I_(k+1) that shrinks it by I_k I_(k+1) / (r_k r_(k+1)), the other in-mode
-        # factors follow by shrink ratio, then the core and the out-mode factors
+        # factors follow by shrink ratio, then the core and the out-mode factors (one by one, merged, or the
+        # non-growing ones merged and the growing one last)
         for k in range(d - 1):
             rest = tuple((1 + j,) for j in by_ratio if j not in (k, k + 1))
             head = ((1 + k, 2 + k),) + rest
-            chains += [head + ((0,),) + tuple((j,) for j in outs), head + ((0, *outs),), head + ((0,), outs)]
+            chains += [head + ((0,),) + tuple((j,) for j in outs), head + ((0, *outs),), head + ((0,), outs),
+                       head + ((0,), tuple(grow[:-1]), (grow[-1],))]
         return tuple(chains)
 
     def extra_repr(self) -> str:
