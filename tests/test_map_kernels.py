@@ -106,3 +106,22 @@ def test_float32_chain_on_onednn_matches_float64(fmt, ins, outs, rank, rows):
         torch.testing.assert_close(p32.grad.double(), p64.grad, rtol=1e-4, atol=1e-4 * s, msg=name)
     s = x64.grad.abs().max().item()
     torch.testing.assert_close(x32.grad.double(), x64.grad, rtol=1e-4, atol=1e-4 * s)
+
+
+@pytest.mark.parametrize("rows,x_grad", [(5, False), (7, True)])
+def test_short_post_products_with_wide_k_run_as_mode_products_exactly(rows, x_grad):
+    """An in-place product with 16 <= post < 64 and K >= 16 (TT's middle core here, as at the UCF11 shape) runs as
+    the broadcast bmm (ModeProduct): float64 output and gradients equal those of x @ W."""
+    torch.manual_seed(3)
+    m = build_map("tt", [2, 5, 8, 9], [16, 4, 4, 4], rank=4, forward="factorized").double()
+    assert any(s.kind == "mm" and 16 <= s.post < 64 and s.k >= 16 for s in m.factorized_plan(rows).steps)
+    params = list(m.parameters())
+    x = torch.randn(rows, m.in_features, dtype=torch.float64, requires_grad=x_grad)
+    x_ref = x.detach().clone().requires_grad_(x_grad)
+    g = torch.randn(rows, m.out_features, dtype=torch.float64)
+    y, y_ref = m(x), x_ref @ m.reconstruct()
+    torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-12)
+    grads = torch.autograd.grad(y, params + ([x] if x_grad else []), g)
+    grads_ref = torch.autograd.grad(y_ref, params + ([x_ref] if x_grad else []), g)
+    for got, want in zip(grads, grads_ref):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-11)

@@ -32,8 +32,12 @@ def speed(device_type: str, kind: str) -> tuple[float, float, float]:
 SHORT_POST = 32
 SHORT_POST_PENALTY = 1.5
 # In-place products with at least this long a post run as a broadcast bmm (ModeProduct): 2-3x faster
-# forward than torch.matmul there; with a shorter post its backward is slower than matmul's.
+# forward than torch.matmul there; with a shorter post its backward is slower than matmul's, except where both
+# post and K are at least BMM_MIN_SIDE (torch.matmul then copies the broadcast factor, pre x N x K entries):
+# fwd+bwd, 1 thread, ModeProduct against matmul: (1536, 32, 16) x 16 2.3 / 3.4 ms, (96, 160, 32) x 16 1.0 / 2.0,
+# (4096, 16, 16) x 16 4.2 / 7.3, but (12800, 4, 16) x 4 11.2 / 7.3.
 BMM_MIN_POST = 64
+BMM_MIN_SIDE = 16
 # passes over a merged operand's elements that a chain step costs beyond its product (planner.chain_executions):
 # written by the merge and read by the product, its gradient written and read by the merge's backward. Without
 # them the model preferred Tucker's four out-mode factors merged into one (1024, 256) operand at the UCF11 shape

@@ -33,6 +33,7 @@ import torch
 
 from tensorlstm.tensor.cost import (
     BMM_MIN_POST,
+    BMM_MIN_SIDE,
     MERGE_PASSES,
     SHORT_POST,
     SHORT_POST_PENALTY,
@@ -188,7 +189,7 @@ class ChainPlan:
                 out = Gemm.apply(a2, mat) if use_onednn(a2, mat) else a2 @ _right_operand(mat)
             elif step.kind == "mm":
                 acc3 = acc.reshape(pre, k, post)
-                if post >= BMM_MIN_POST:
+                if post >= BMM_MIN_POST or min(post, k) >= BMM_MIN_SIDE:
                     out = ModeProduct.apply(acc3, mat)
                 else:
                     out = torch.matmul(mat, acc3)
