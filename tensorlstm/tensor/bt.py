@@ -98,35 +98,38 @@ class _BTChain4(torch.autograd.Function):
     def _backward(ctx, grad, x3, a1, a3, m3, kept):
         chunk = ctx.chunk
         x_dtype, a1_dtype, a3_dtype, m3_dtype = ctx.dtypes
-        P, _, Q = x3.shape
+        P, I1, Q = x3.shape
         N, R, RI2, JR2 = m3.shape
-        JR1 = a1.shape[1]
+        JR1, I3 = a1.shape[1], a3.shape[2]
+        RJ3 = a3.shape[1]
         need_x = ctx.needs_input_grad[0]
         gx = torch.empty_like(x3, dtype=x_dtype) if need_x else None
-        ga1 = torch.zeros_like(a1, dtype=a1_dtype)
-        ga3 = torch.zeros_like(a3, dtype=a3_dtype)
+        # accumulators (fp32 sums under autocast): dA3 kept transposed, dA1 per chunk row (summed once at the end)
+        ga3t = torch.zeros(N, I3, RJ3, dtype=a3_dtype, device=a3.device)
+        ga1t = torch.zeros(N, min(chunk, P), I1, JR1, dtype=a1_dtype, device=a1.device)
         gm3 = torch.zeros_like(m3, dtype=m3_dtype)
         gm3b = gm3.view(N * R, RI2, JR2)
         m3t = m3.reshape(N * R, RI2, JR2).transpose(1, 2)
-        for s in range(0, P, chunk):
+        a1t = a1.transpose(1, 2)
+        for k, s in enumerate(range(0, P, chunk)):
             xc = x3[s : s + chunk]
             c = xc.shape[0]
-            t1, t2 = kept[2 * (s // chunk)], kept[2 * (s // chunk) + 1]
+            t1, t2 = kept[2 * k], kept[2 * k + 1]
+            # dS of this chunk, repeated over r3 (the batch of the third product)
             gs = grad[:, :, s : s + c].reshape(N, 1, -1, JR2).expand(N, R, -1, JR2).reshape(N * R, -1, JR2)
             _add_bmm(gm3b, t2.view(N * R, -1, RI2).transpose(1, 2), gs)
-            gt2 = torch.bmm(gs, m3t).view(N, a3.shape[1], -1)
-            _add_bmm(ga3, gt2, t1)
+            gt2 = torch.bmm(gs, m3t).view(N, RJ3, -1)
+            _add_bmm(ga3t, t1.transpose(1, 2), gt2.transpose(1, 2))
             gt1 = torch.bmm(gt2.transpose(1, 2), a3).view(N, c, JR1, Q)
-            xt = xc.transpose(1, 2)
             for n in range(N):
-                ga1[n] += torch.bmm(gt1[n], xt).sum(0)
+                _add_bmm(ga1t[n, :c], xc, gt1[n].transpose(1, 2))
                 if need_x:
-                    contrib = torch.bmm(a1[n].t().expand(c, -1, -1), gt1[n])
                     if n == 0:
-                        gx[s : s + c] = contrib
+                        torch.bmm(a1t[n].expand(c, -1, -1), gt1[n], out=gx[s : s + c])
                     else:
-                        gx[s : s + c] += contrib
-        return gx, ga1, ga3, gm3, None, None
+                        _add_bmm(gx[s : s + c], a1t[n].expand(c, -1, -1), gt1[n])
+        ga1 = ga1t.sum(1).transpose(1, 2)
+        return gx, ga1, ga3t.transpose(1, 2), gm3, None, None
 
 
 @register_format("bt", default_rank=4)
