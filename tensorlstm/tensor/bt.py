@@ -12,11 +12,13 @@ import math
 import numbers
 from collections.abc import Sequence
 
+import opt_einsum as oe
 import torch
 from torch import nn
 
 from tensorlstm.errors import UserError
 from tensorlstm.tensor.amp import compute_dtype, no_autocast
+from tensorlstm.tensor.cost import speed
 from tensorlstm.tensor.factorized import FactorizedMap
 from tensorlstm.tensor.registry import register_format, single_rank
 
@@ -31,6 +33,8 @@ from tensorlstm.tensor.registry import register_format, single_rank
 # they are about 1.5x the input), which runs the transposed products chunk by chunk and never forms
 # anything larger than the input (W itself: 57600 x 1024 at the UCF11 shape).
 CHUNK_ELEMENTS = 1 << 17
+# the split kernel (BTMap._forward_split) runs rows in chunks whose T has about this many entries (in cache)
+SPLIT_CHUNK_ELEMENTS = 1 << 17
 
 
 def _add_bmm(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
@@ -39,6 +43,14 @@ def _add_bmm(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
         acc.baddbmm_(a, b)
     else:
         acc += torch.bmm(a, b)
+
+
+def _bmm_into(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+    """out = a @ b (batched): written in place when the dtypes agree, else the product is cast into out."""
+    if out.dtype == a.dtype:
+        torch.bmm(a, b, out=out)
+    else:
+        out.copy_(torch.bmm(a, b))
 
 
 class _BTChain4(torch.autograd.Function):
@@ -125,11 +137,64 @@ class _BTChain4(torch.autograd.Function):
                 _add_bmm(ga1t[n, :c], xc, gt1[n].transpose(1, 2))
                 if need_x:
                     if n == 0:
-                        torch.bmm(a1t[n].expand(c, -1, -1), gt1[n], out=gx[s : s + c])
+                        _bmm_into(gx[s : s + c], a1t[n].expand(c, -1, -1), gt1[n])
                     else:
                         _add_bmm(gx[s : s + c], a1t[n].expand(c, -1, -1), gt1[n])
         ga1 = ga1t.sum(1).transpose(1, 2)
         return gx, ga1, ga3t.transpose(1, 2), gm3, None, None
+
+
+class _BTSplit(torch.autograd.Function):
+    """y[b] = A_0' T[b] with T[b] = x[b] V (see BTMap._forward_split), rows in chunks of `chunk` so that each chunk's
+    T stays in cache: inputs x3 (rows, I_0, I_rest), v (I_rest, R N J_rest), a0 (J_0, I_0 R N) -> y (rows, J_0, J_rest).
+    T is kept per chunk for the backward (the size of y). Mixed precision as in `_BTChain4`."""
+
+    @staticmethod
+    def forward(ctx, x3, v, a0, chunk: int):  # noqa: D102
+        ctx.dtypes = (x3.dtype, v.dtype, a0.dtype)
+        dtype = compute_dtype(x3, v, a0)
+        x3, v, a0 = (t.to(dtype) for t in (x3, v, a0))
+        rows, i0, i_rest = x3.shape
+        j0, k = a0.shape
+        kept = []
+        with no_autocast(x3.device.type):
+            y = x3.new_empty(rows, j0, v.shape[1] * i0 // k)
+            for s in range(0, rows, chunk):
+                c = min(chunk, rows - s)
+                t = torch.mm(x3[s : s + c].reshape(c * i0, i_rest), v).view(c, k, -1)
+                torch.bmm(a0.expand(c, -1, -1), t, out=y[s : s + c])
+                kept.append(t)
+        ctx.save_for_backward(x3, v, a0, *kept)
+        ctx.chunk = chunk
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):  # noqa: D102
+        x3, v, a0, *kept = ctx.saved_tensors
+        x_dtype, v_dtype, a0_dtype = ctx.dtypes
+        chunk = ctx.chunk
+        rows, i0, i_rest = x3.shape
+        grad = grad.to(x3.dtype).contiguous()
+        need_x = ctx.needs_input_grad[0]
+        with no_autocast(x3.device.type):
+            gx = torch.empty_like(x3, dtype=x_dtype) if need_x else None
+            gv = torch.zeros_like(v, dtype=v_dtype)
+            ga0 = torch.zeros(min(chunk, rows), *a0.shape, dtype=a0_dtype, device=a0.device)  # per chunk row
+            a0t = a0.t()
+            for t, s in zip(kept, range(0, rows, chunk)):
+                c = t.shape[0]
+                g = grad[s : s + c]
+                _add_bmm(ga0[:c], g, t.transpose(1, 2))
+                gt = torch.bmm(a0t.expand(c, -1, -1), g).view(c * i0, -1)
+                xc = x3[s : s + c].reshape(c * i0, i_rest)
+                if gv.dtype == xc.dtype:
+                    gv.addmm_(xc.t(), gt)
+                else:
+                    gv += xc.t() @ gt
+                if need_x:
+                    _bmm_into(gx[s : s + c].view(1, c * i0, i_rest), gt.unsqueeze(0), v.t().unsqueeze(0))
+        return gx, gv, ga0.sum(0), None
 
 
 @register_format("bt", default_rank=4)
@@ -190,13 +255,83 @@ class BTMap(FactorizedMap):
         factors = self.factors()
         return subs, [[f[b] for f in factors] for b in range(self.blocks)]
 
+    # --- which factorized kernel --------------------------------------------------------------------------
+    def _kernel(self, rows: int, device_type: str) -> str:
+        """"split" (below) where the time model ranks it first and it does no more arithmetic than the planned
+        chain, else "chain4" or the planned chain ("planned").
+
+        The chunked 4-mode kernel wins over the planned chain when modes 1..3 shrink a lot (UCF11: 7,200 inputs
+        -> 64 outputs, ~15% faster); with wide trailing outputs (e.g. gates on the last mode) the planned chain
+        is ~3x faster (measured fwd+bwd, CPU, 1 thread). Both are costed as the planned chain."""
+        if self._split_seconds(rows, device_type, 4) < super().estimate_seconds(
+            "factorized", rows, device_type, 4
+        ) and sum(self._split_flops(rows)) <= super().mode_flops("factorized", rows, device_type):
+            return "split"
+        if len(self.in_modes) == 4 and math.prod(self.out_modes[1:]) * 16 <= math.prod(self.in_modes[1:]):
+            return "chain4"
+        return "planned"
+
     def forward_factorized(self, x2d: torch.Tensor) -> torch.Tensor:
-        # the chunked 4-mode kernel wins when modes 1..3 shrink a lot (UCF11: 7,200 inputs -> 64 outputs, ~15%
-        # faster than the planned chain); with wide trailing outputs (e.g. gates on the last mode) the planned
-        # chain is ~3x faster (measured fwd+bwd, CPU, 1 thread)
-        if len(self.in_modes) != 4 or math.prod(self.out_modes[1:]) * 16 > math.prod(self.in_modes[1:]):
-            return super().forward_factorized(x2d)
-        return self._forward_chain4(x2d)
+        kernel = self._kernel(x2d.shape[0], x2d.device.type)
+        if kernel == "split":
+            return self._forward_split(x2d)
+        if kernel == "chain4":
+            return self._forward_chain4(x2d)
+        return super().forward_factorized(x2d)
+
+    def estimate_seconds(self, mode: str, rows: int, device_type: str, itemsize: int) -> float:
+        if mode == "factorized" and self._kernel(rows, device_type) == "split":
+            return self._split_seconds(rows, device_type, itemsize)
+        return super().estimate_seconds(mode, rows, device_type, itemsize)
+
+    def mode_flops(self, mode: str, rows: int, device_type: str) -> float:
+        if mode == "factorized" and self._kernel(rows, device_type) == "split":
+            return sum(self._split_flops(rows))
+        return super().mode_flops(mode, rows, device_type)
+
+    # --- split: every mode factor but the first merged with the core, all blocks in one GEMM ----------------
+    # V[(i_1..i_{d-1}), (r_0, n, j_1..j_{d-1})] = sum_{r_1..r_{d-1}} C_n[r_0..r_{d-1}] prod_k A_{n,k}[i_k, j_k, r_k]
+    # (the blocks side by side), then
+    #   T = x V                     (rows*I_0, I_rest) @ (I_rest, R N J_rest): one GEMM for all blocks
+    #   y[b] = A_0' T[b]            A_0'[j_0, (i_0, r_0, n)] = A_{n,0}[i_0, j_0, r_0]: the block sum is part of K
+    # FLOPs 2 rows I J (R N / J_0) + 2 rows J I_0 R N against 2 rows I J for rebuild + GEMM: the cheaper when the
+    # first out mode carries the gates (sequence shape, 256 -> 2048 at R=4, N=2: 1.26 GFLOP against 3.36).
+    def _split_flops(self, rows: int) -> tuple[float, float]:
+        i0, j0 = self.in_modes[0], self.out_modes[0]
+        k = i0 * self.rank * self.blocks
+        first = 2.0 * rows * self.in_features * (self.out_features // j0) * self.rank * self.blocks
+        return first, 2.0 * rows * self.out_features * k
+
+    def _split_seconds(self, rows: int, device_type: str, itemsize: int) -> float:
+        """Both products at the GEMM rate of the time model, moving x, y and V once (T stays in cache, chunk by
+        chunk), plus rebuilding V (its entries times the R^(d-1) rank terms summed into each, at the chain rate)."""
+        flops_per_s, bandwidth, launch = speed(device_type, "gemm")
+        moved = rows * (self.in_features + self.out_features) + self.in_features // self.in_modes[0] * (
+            self.rank * self.blocks * self.out_features // self.out_modes[0])
+        rebuild = 2.0 * self.in_features // self.in_modes[0] * self.rank * self.blocks * (
+            self.out_features // self.out_modes[0]) * self.rank ** (len(self.in_modes) - 1)
+        return sum(self._split_flops(rows)) / flops_per_s + moved * itemsize / bandwidth + rebuild / speed(
+            device_type, "chain")[0] + 2 * launch
+
+    def _split_equation(self) -> str:
+        """V as (i_1..i_{d-1}, r_0, n, j_1..j_{d-1}) from the core and the factors 1..d-1."""
+        block, *ranks = self.factor_subs[0]
+        return (
+            ",".join(self.factor_subs[:1] + self.factor_subs[2:])
+            + "->" + self.in_subs[1:] + ranks[0] + block + self.out_subs[1:]
+        )
+
+    def _forward_split(self, x2d: torch.Tensor) -> torch.Tensor:
+        rows = x2d.shape[0]
+        i0, j0 = self.in_modes[0], self.out_modes[0]
+        rn = self.rank * self.blocks
+        factors = self.factors()
+        v = oe.contract(self._split_equation(), factors[0], *factors[2:], optimize="greedy", backend="torch")
+        v = v.reshape(self.in_features // i0, -1)
+        a0 = self.factor0.permute(2, 1, 3, 0).reshape(j0, i0 * rn)  # [j0, (i0, r0, n)]
+        chunk = max(1, SPLIT_CHUNK_ELEMENTS // v.shape[1] // i0)
+        y = _BTSplit.apply(x2d.reshape(rows, i0, -1), v, a0, chunk)
+        return y.reshape(rows, self.out_features)
 
     def _forward_chain4(self, x2d: torch.Tensor) -> torch.Tensor:
         """d = 4: the chunked three-GEMM chain of `_BTChain4`, then mode 0 on the small result."""
