@@ -224,9 +224,11 @@ class FactorizedMap(LinearMap):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.in_features:
             raise ValueError(f"expected input (..., {self.in_features}), got {tuple(x.shape)}")
-        if x.dim() == 3 and not x.is_contiguous() and x.transpose(0, 1).is_contiguous():
-            # a time-major view of batch-first data (the recurrent layers' projection): map the rows in their
-            # stored order and transpose the small output, instead of copying x (UCF11: 22 MB per step)
+        if (x.dim() == 3 and self.in_features > self.out_features and not x.is_contiguous()
+                and x.transpose(0, 1).is_contiguous()):
+            # a time-major view of batch-first data (the recurrent layers' projection) into fewer outputs: map
+            # the rows in their stored order and transpose the smaller output instead of copying x (UCF11: 22 MB
+            # per step against 0.4 MB)
             return self(x.transpose(0, 1)).transpose(0, 1).contiguous()
         lead = x.shape[:-1]
         x2d = x.reshape(-1, self.in_features)
