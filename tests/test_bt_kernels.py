@@ -92,3 +92,26 @@ def test_split_kernel_under_bf16_autocast_is_close_to_fp32():
         results.append([y.detach().float(), *gs])
     for ref, got in zip(*results):
         assert float((got - ref).norm() / ref.norm()) < 5e-2
+
+
+@pytest.mark.parametrize("fmt", ["bt", "tt"])
+def test_a_time_major_view_is_mapped_without_copying_x(monkeypatch, fmt):
+    """The recurrent layers hand the map x.transpose(0, 1) of batch-first x: where the output is the smaller, the
+    map runs on the stored (batch-first) rows and transposes its output; values and gradients are those of the
+    dense map on the time-major rows, and the result is contiguous."""
+    torch.manual_seed(4)
+    m = build_map(fmt, [4, 5, 6], [2, 3, 2], rank=2, blocks=2, forward="factorized").double()
+    x = torch.randn(3, 5, m.in_features, dtype=torch.float64, requires_grad=True)
+    seen = []
+    fwd = type(m).forward_factorized
+    monkeypatch.setattr(type(m), "forward_factorized", lambda self, x2d: seen.append(x2d.data_ptr()) or fwd(
+        self, x2d))
+    y = m(x.transpose(0, 1))
+    assert y.shape == (5, 3, m.out_features) and y.is_contiguous()
+    assert seen == [x.data_ptr()]  # x's own storage, not a copy
+    g = torch.randn(y.shape, dtype=torch.float64)
+    ref = x.transpose(0, 1) @ m.reconstruct()
+    torch.testing.assert_close(y, ref, rtol=1e-12, atol=1e-12)
+    params = [x, *m.parameters()]
+    for got, want in zip(torch.autograd.grad(y, params, g), torch.autograd.grad(ref, params, g)):
+        torch.testing.assert_close(got, want, rtol=1e-11, atol=1e-12)
