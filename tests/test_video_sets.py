@@ -99,10 +99,11 @@ def test_hollywood2_cache_holds_multi_hot_targets_and_the_official_split(h2_cach
         first = cache.frames[cache.offsets[i] + 1, 4, 6].astype(int)
         assert abs(first[0] - (40 + 15 * int(np.argmax(expected)))) <= 8 and abs(first[1] - 50) <= 8
     splits = make_splits(cache.labels, cache.groups, "official", seed=1, valid_fraction=0.15,
-                         official=cache.splits)
+                         official=cache.official_split)
     assert [cache.clips[i]["split"] for i in splits["test"]] == ["test"] * 4
     assert len(splits["valid"]) == 2 and len(splits["train"]) == 8  # 15% of the 10 training clips, seeded
-    other = make_splits(cache.labels, cache.groups, "official", seed=2, valid_fraction=0.15, official=cache.splits)
+    other = make_splits(cache.labels, cache.groups, "official", seed=2, valid_fraction=0.15,
+                        official=cache.official_split)
     assert np.array_equal(other["test"], splits["test"]) and not np.array_equal(other["valid"], splits["valid"])
 
 

@@ -305,7 +305,7 @@ class FrameCache:
     """A prepared cache, read-only: ``frames`` is a memory-mapped (N, H, W, 3) uint8 array.
 
     ``labels`` is the class index per clip (int64) for single-label sets, the multi-hot (N, C) float32
-    targets for multi-label ones; ``splits`` the official split per clip where the release has one."""
+    targets for multi-label ones; ``official_split`` the release's split per clip where it has one."""
 
     def __init__(self, cache_dir: str | Path, layout: Layout) -> None:
         cache_dir = Path(cache_dir)
@@ -339,7 +339,8 @@ class FrameCache:
         else:
             self.labels = np.array([label_of[c["class"]] for c in self.clips], dtype=np.int64)
             self.groups = [f"{c['class']}/{c['group']}" for c in self.clips]
-        self.splits: list[str] | None = [c["split"] for c in self.clips] if "split" in self.clips[0] else None
+        self.official_split: list[str] | None = ([c["split"] for c in self.clips] if "split" in self.clips[0]
+                                                 else None)
         self.offsets = np.array([c["offset"] for c in self.clips], dtype=np.int64)
         self.lengths = np.array([c["n_frames"] for c in self.clips], dtype=np.int64)
         self.frame_size = tuple(self.index["frame_size"])  # (width, height)

@@ -159,7 +159,7 @@ class VideoTask(Task):
                             f"set task.num_classes={len(cache.classes)}")
         self.splits = make_splits(
             cache.labels, cache.groups, self.protocol, seed=int(cfg["split_seed"]),
-            valid_fraction=float(cfg["valid_fraction"]), official=cache.splits, **self._split_keys(),
+            valid_fraction=float(cfg["valid_fraction"]), official=cache.official_split, **self._split_keys(),
         )
         self._timelines: dict[int, np.ndarray] = {}
         if self.normalize == "channel_mean":
