@@ -107,6 +107,28 @@ def test_hollywood2_cache_holds_multi_hot_targets_and_the_official_split(h2_cach
     assert np.array_equal(other["test"], splits["test"]) and not np.array_equal(other["valid"], splits["valid"])
 
 
+def test_hollywood2_autotrain_clips_only_when_asked(h2_source, h2_cache, tmp_path):
+    clips, _ = hollywood2.Hollywood2Layout(autotrain=True).scan(h2_source)
+    auto = [c for c in clips if c.split == "autotrain"]
+    assert len(clips) == 15 and [c.clip for c in auto] == ["actionclipautoautotrain00001"]
+    assert auto[0].labels == tiny_h2.actions_of("autotrain", 1)
+    out = tmp_path / "cache"
+    assert prepare_main(["--dataset", "hollywood2", "--autotrain", "--source", str(h2_source), "--out", str(out),
+                         "--size", "12x8", "--workers", "1"]) == 0
+    cfg = group_config("task", "hollywood2", data_dir=str(out), frame_size=[12, 8], input_size=288)
+    splits = {}
+    for use in (False, True):
+        task = Hollywood2Task({**cfg, "autotrain": use}, seed=0)
+        task.prepare()
+        splits[use] = task.splits
+    auto_index = [i for i, c in enumerate(task.cache.clips) if c["split"] == "autotrain"]
+    assert not set(auto_index) & set(np.concatenate(list(splits[False].values())).tolist())  # left out
+    assert np.array_equal(np.setdiff1d(splits[True]["train"], splits[False]["train"]), auto_index)  # trains on it
+    assert all(np.array_equal(splits[True][k], splits[False][k]) for k in ("valid", "test"))  # never selects on it
+    with pytest.raises(UserError, match="holds no autotrain clip; re-run .* --autotrain"):
+        Hollywood2Task({**cfg, "data_dir": str(h2_cache), "autotrain": True}, seed=0).prepare()
+
+
 def test_hollywood2_layout_errors(h2_source, tmp_path):
     with pytest.raises(UserError, match=r"no AVIClips/ and no ClipSets/ folder in .*Hollywood2-actions.tar.gz"):
         hollywood2.LAYOUT.scan(tmp_path)

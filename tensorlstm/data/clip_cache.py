@@ -373,7 +373,8 @@ def make_splits(
     valid_fraction: float = 0.1,
     official: Sequence[str] | None = None,
 ) -> dict[str, np.ndarray]:
-    """Clip indices of 'train', 'valid' and 'test' (disjoint, covering every clip, each sorted).
+    """Clip indices of 'train', 'valid' and 'test' (disjoint, each sorted; covering every clip but the clips
+    an official split leaves out).
 
     * ``ye2018``: one random clip-level split, ``test_fraction`` of the clips to test (Ye 2018).
     * ``yang2017``: clip-level ``num_folds``-fold cross-validation stratified by class; test = fold
@@ -381,7 +382,8 @@ def make_splits(
     * ``group``: the same folds over groups instead of clips, stratified by class, so clips of one group
       (same actor, scene, viewpoint) are never on two sides; validation also takes whole groups.
     * ``official``: the release's own train/test split (``official``: 'train' or 'test' per clip, e.g.
-      Hollywood2's clean set); validation is a random ``valid_fraction`` of the training clips.
+      Hollywood2's clean set); validation is a random ``valid_fraction`` of the training clips. Clips marked
+      'autotrain' join the training split after that carve (never validation); any other mark is left out.
 
     Validation is carved from the training side (``valid_fraction`` of it, per class; whole groups for
     ``group``), so the test split is never used for model selection. Everything depends on ``seed`` only.
@@ -400,7 +402,8 @@ def make_splits(
     if protocol == "official":
         official = np.asarray(official)
         test = np.flatnonzero(official == "test")
-        train, valid = _carve(np.flatnonzero(official != "test"), np.zeros(n, dtype=np.int64), valid_fraction, rng)
+        train, valid = _carve(np.flatnonzero(official == "train"), np.zeros(n, dtype=np.int64), valid_fraction, rng)
+        train = np.concatenate([train, np.flatnonzero(official == "autotrain")])
     elif protocol == "ye2018":
         perm = rng.permutation(n)
         n_test = int(round(test_fraction * n))

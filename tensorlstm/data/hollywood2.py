@@ -8,7 +8,9 @@ Official layout (after ``tar xzf Hollywood2-actions.tar.gz``, https://www.di.ens
 
 A ClipSets line is ``<clip name> <1|-1>`` (whitespace separated): the clip shows the action (1) or not (-1).
 A clip can show several actions (multi-label). The clean set is read: 823 training and 884 test clips, the
-official split; the automatically annotated ``autotrain`` set is ignored, as are clips no ClipSets file lists.
+official split. The automatically annotated ``autotrain`` set (labels from scripts, noisy) is read only when asked
+(``Hollywood2Layout(autotrain=True)``, ``prepare_video.py --autotrain``; used in training with
+``task.autotrain=true``); clips no ClipSets file lists are ignored.
 """
 
 from __future__ import annotations
@@ -59,6 +61,9 @@ class Hollywood2Layout(Layout):
     source_help = SOURCE_HELP
     cache_help = CACHE_HELP
 
+    def __init__(self, autotrain: bool = False) -> None:
+        self.autotrain = autotrain
+
     def find_root(self, source: str | Path) -> Path:
         """The folder holding AVIClips/ and ClipSets/: ``source`` itself or its ``Hollywood2`` child."""
         source = source_dir(source, self)
@@ -69,17 +74,17 @@ class Hollywood2Layout(Layout):
         raise UserError(f"no {' and no '.join(d + '/' for d in missing)} folder in {source}; {SOURCE_HELP}")
 
     def scan(self, source: str | Path) -> tuple[list[ClipSource], list[str]]:
-        """Every clip of the clean train/test sets with its actions (multi-hot) and official split."""
+        """Every clip of the clean train/test sets (and the autotrain set if asked) with its actions and split."""
         root = self.find_root(source)
         labels: dict[str, list[str]] = {}
         split_of: dict[str, str] = {}
-        for split in SPLITS:
+        for split in (*SPLITS, "autotrain") if self.autotrain else SPLITS:
             listed: set[str] | None = None
             for action in ACTIONS:
                 path = root / "ClipSets" / f"{action}_{split}.txt"
                 if not path.is_file():
-                    raise UserError(f"{path} is missing (ClipSets/ needs <Action>_train.txt and <Action>_test.txt "
-                                    f"for the 12 actions: {', '.join(ACTIONS)}); {SOURCE_HELP}")
+                    raise UserError(f"{path} is missing (ClipSets/ needs <Action>_{split}.txt for the 12 actions: "
+                                    f"{', '.join(ACTIONS)}); {SOURCE_HELP}")
                 marks = read_clipset(path)
                 if listed is None:
                     listed = set(marks)
@@ -89,8 +94,8 @@ class Hollywood2Layout(Layout):
                                     f"different clips (e.g. {odd}); re-extract ClipSets/ from the archive")
                 for clip, shown in marks.items():
                     if split_of.setdefault(clip, split) != split:
-                        raise UserError(f"clip {clip} is listed in both the train and the test ClipSets of "
-                                        f"{root}; re-extract ClipSets/ from the archive")
+                        raise UserError(f"clip {clip} is listed in both the {split_of[clip]} and the {split} "
+                                        f"ClipSets of {root}; re-extract ClipSets/ from the archive")
                     labels.setdefault(clip, [])
                     if shown:
                         labels[clip].append(action)

@@ -46,6 +46,9 @@ def main(argv: list[str] | None = None, dataset: str | None = None, doc: str | N
     parser.add_argument("--fps", type=float, default=None, help="resample clips to this frame rate when "
                         "caching (default: keep every frame; tasks can resample at load time, task.fps)")
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="decoding processes")
+    if dataset is None:
+        parser.add_argument("--autotrain", action="store_true", help="Hollywood2 only: also decode the automatically "
+                            "annotated clips (ClipSets/<Action>_autotrain.txt; train on them with task.autotrain=true)")
     parser.add_argument("--retry-failed", action="store_true", help="try again the clips that failed before")
     parser.add_argument("--timeout", type=float, default=15.0, help="network timeout (s) for --download")
     args = parser.parse_args(argv)
@@ -53,6 +56,10 @@ def main(argv: list[str] | None = None, dataset: str | None = None, doc: str | N
     quiet_opencv()
     try:
         layout = get_layout(name)
+        if getattr(args, "autotrain", False):
+            if name != "hollywood2":
+                raise UserError("--autotrain is for --dataset hollywood2 (its automatically annotated clips)")
+            layout = type(layout)(autotrain=True)
         size = args.size or layout.default_size
         source = args.source
         if args.download:

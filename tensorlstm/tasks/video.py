@@ -159,11 +159,15 @@ class VideoTask(Task):
                             f"set task.num_classes={len(cache.classes)}")
         self.splits = make_splits(
             cache.labels, cache.groups, self.protocol, seed=int(cfg["split_seed"]),
-            valid_fraction=float(cfg["valid_fraction"]), official=cache.official_split, **self._split_keys(),
+            valid_fraction=float(cfg["valid_fraction"]), official=self._official_split(), **self._split_keys(),
         )
         self._timelines: dict[int, np.ndarray] = {}
         if self.normalize == "channel_mean":
             self.pixel_mean, self.pixel_scale = self._channel_stats()
+
+    def _official_split(self) -> list[str] | None:
+        """The release's split per clip, as ``make_splits`` takes it (Hollywood2 adds its autotrain choice)."""
+        return self.cache.official_split
 
     def _split_keys(self) -> dict:
         """The config keys of the protocol's split: folds for cross-validation, the test share for ye2018."""
@@ -361,6 +365,17 @@ class Hollywood2Task(VideoTask):
     metric = "map"
     protocols = ("official",)
     multilabel = True
+
+    def _official_split(self) -> list[str] | None:
+        """The clean train/test split; the autotrain clips of a cache prepared with --autotrain join the training
+        split with ``task.autotrain=true`` and are left out otherwise."""
+        marks = self.cache.official_split
+        if not self.cfg["autotrain"]:
+            return [m if m != "autotrain" else "unused" for m in marks]
+        if "autotrain" not in marks:
+            raise UserError(f"task.autotrain=true but the cache in {self.cache.dir} holds no autotrain clip; "
+                            "re-run `python scripts/prepare_video.py --dataset hollywood2 --autotrain` on it")
+        return marks
 
 
 class YouTubeCelebritiesTask(VideoTask):
