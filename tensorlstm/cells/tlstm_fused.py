@@ -4,34 +4,38 @@ Autograd over the step loop of ``TensorizedLSTM._update`` records ~25 nodes per 
 unflatten, tanh, sigmoid, softmax, the memory-cell gather and weighted sum, ...) and runs their backward one by
 one, each with its temporaries, zero-filled slice gradients and an index_put for the gather. Here the forward
 runs the loop without recording, into buffers allocated once per sequence, and the backward walks the steps in
-reverse with a fixed handful of ops per step:
+reverse. Per step, forward: one ``index_select`` (the im2col of H_{t-1}), one in-place GEMM, 7 elementwise calls
+(+3 for the memory-cell convolution); backward: one GEMM, one ``index_add_`` (dL/dpatches back onto the
+locations), 4 multiplies (+8 for the memory-cell convolution). What makes that possible:
 
-* the im2col of H_{t-1} is one ``index_select`` into a preallocated (S, B, N taps, M) buffer (the patches are
-  kept: they are the rows of dL/dW^h, formed after the loop as ONE (taps M x S B N) @ (S B N x M^o) product);
-  H_t is written into a (B, N + 1, M) slab whose last row stays zero (the zero padding and the input taps,
-  whose terms come precomputed in ``a_in``), so no pad or cat per step;
-* one GEMM per step, in place into the step's slab of a preallocated (S, B N, M^o) buffer that already holds
-  b^h + the input terms, and, in the backward, one for dL/dpatches, scattered back onto the locations with one
-  ``index_add_`` (oneDNN's packed GEMM, ``fused_loop.StepMatmul``, measured no faster here at 16-128 rows once
-  its output is copied into the buffer);
-* all gate nonlinearities in one in-place sigmoid (tanh(x) = 2 sigmoid(2x) - 1, as ``fused_loop`` does);
-* the memory-cell convolution as a (B, N, N) matrix per step: the softmax kernel scattered (``scatter_add_``,
+* every per-step view comes from one ``unbind`` of a buffer allocated once (a view costs ~2 us in Python,
+  about as much as a small elementwise op);
+* H_t is written into a (B, N + 1, M) slab whose last row stays zero (the zero padding, and the input taps whose
+  terms come precomputed in ``a_in``), so no pad or cat per step; the patches are kept: they are the rows of
+  dL/dW^h, formed after the loop as ONE (taps M x S B N) @ (S B N x M^o) product;
+* G's columns of W^h and a_in are doubled (exact) so that one sigmoid over the four gate blocks gives
+  sigmoid(2 A^g), G = 2 sigmoid(2 A^g) - 1 = tanh(A^g); the loop carries C~ = -2 C (exact), so that
+  tanh(C_t) = 1 - 2 sigmoid(C~_t), H_t = O - 2 O sigmoid(C~_t) is one sigmoid and one addcmul, and
+  C~_t = conv(C~_{t-1}) F - 4 sigmoid(2 A^g) I + 2 I three calls (G is never formed in the loop);
+* the backward first forms the local derivatives of all steps at once (sigmoid' = s - s^2, tanh' = 1 - t^2,
+  times the other factor of each product), so a step needs one multiply per gate group;
+* the memory-cell convolution is a (B, N, N) matrix per step: the softmax kernel scattered (``scatter_add_``;
   border taps that clamp to the same location add up) into the rows of its locations, then one ``bmm`` with
-  C_{t-1}; its backward is two ``bmm`` and a ``gather``.
+  C~_{t-1}; its backward is two ``bmm``, a ``gather`` and the softmax backward in three calls;
+* the GEMM's N is padded with zero columns to a multiple of 16 (515 -> 528 at M = 128: measured ~10% faster on
+  an AVX-512 CPU; the padding is counted as work nowhere). oneDNN's packed GEMM (``fused_loop.StepMatmul``)
+  measured no faster here at 16-128 rows once its output is copied into the buffer, so it is not used.
 
 Exactness: the same expressions as ``TensorizedLSTM._cell``/``_update`` with ``norm=none`` (tests compare
 outputs, states and every gradient with the general loop in float64 and run gradcheck); only the order of a few
-additions differs (the memory kernel's duplicate border taps are summed before multiplying, tanh goes through
+operations differs (the memory kernel's duplicate border taps are summed before multiplying, tanh goes through
 the sigmoid), so float64 results agree to ~1e-15, not bit for bit. Plain torch ops only: any device.
 """
 
 from __future__ import annotations
 
 import torch
-
-_sig_bwd = torch.ops.aten.sigmoid_backward
-_tanh_bwd = torch.ops.aten.tanh_backward
-_softmax_bwd = torch.ops.aten._softmax_backward_data
+import torch.nn.functional as F
 
 
 class TLSTMSequence(torch.autograd.Function):
@@ -41,14 +45,6 @@ class TLSTMSequence(torch.autograd.Function):
     h0, c0 (B, N, M); hidden_index (N taps,): the cross-layer table row-major, entries in 0..N with N a zero
     row; memory_index (N taps,) or None (tLSTM-M): n N + (memory-table entry) for the flattened (N, N) kernel
     matrix of location n. Gate order G, I, F, O, Q as ``TensorizedLSTM``.
-
-    Few calls per step (each costs a few microseconds whatever its size): every per-step view comes from one
-    ``unbind`` of a buffer allocated once; G's columns of W^h and a_in are doubled (exact) so that one sigmoid
-    over the four gate blocks gives sigmoid(2 A^g); the loop carries C~ = -2 C (exact), so that
-    tanh(C_t) = 1 - 2 sigmoid(C~_t) and H_t = O - 2 O sigmoid(C~_t) take one sigmoid and one addcmul
-    (-2 G = 2 - 4 sigmoid(2 A^g)). The backward first forms, for all steps at once, the local
-    derivatives (sigmoid' = s - s^2, tanh' = 1 - t^2 times the other factor of each product), so that a step
-    costs one multiply per gate group.
     """
 
     @staticmethod
@@ -61,11 +57,9 @@ class TLSTMSequence(torch.autograd.Function):
         # W^h with G's columns doubled and zero columns up to a multiple of 16 (the GEMM's N tail: measured ~10%
         # slower at 515 columns than at 528 on an AVX-512 CPU; the padding is not counted as work anywhere)
         Mp = -(-Mo // 16) * 16
-        W2 = W.new_zeros(KM, Mp)
-        W2[:, :Mo] = W
+        W2 = F.pad(W, (0, Mp - Mo))
         W2[:, :M] *= 2.0
-        acts = a_in.new_empty(S, R, Mp)  # A_t, then in place its activations (-2 G, I, F, O; raw A^q)
-        acts[..., :Mo] = a_in
+        acts = F.pad(a_in, (0, Mp - Mo))  # A_t, then in place its activations (sigmoid(2 A^g), I, F, O; raw A^q)
         acts[..., :M] *= 2.0
         hbuf = a_in.new_empty(S + 1, B, N + 1, M)  # H_{t-1} slabs with a zero row; hbuf[s + 1] = H_s
         hbuf[:, :, N].zero_()
@@ -92,15 +86,15 @@ class TLSTMSequence(torch.autograd.Function):
             torch.index_select(h_steps[s], 1, hidden_index, out=p_steps[s])
             a_rows[s].addmm_(p_rows[s], W2)
             sig_steps[s].sigmoid_()
-            g_steps[s].mul_(-4.0).add_(2.0)  # -2 G = 2 - 4 sigmoid(2 A^g)
             if memory:  # dynamic kernel per location: softmax over its taps, replicate padding
                 torch.softmax(q_steps[s], dim=-1, out=k_steps[s])
                 km_flat[s].scatter_add_(1, scatter_index, k_flat[s])
                 cm = torch.bmm(km_mats[s], c, out=cm_steps[s])
             else:
                 cm = c
-            # C~_t = (-2 G) * I + conv(C~_{t-1}) * F, H_t = O - 2 O sigmoid(C~_t)
-            c = torch.mul(g_steps[s], i_steps[s], out=c_steps[s]).addcmul_(cm, f_steps[s])
+            # C~_t = conv(C~_{t-1}) * F - 2 G * I with -2 G = 2 - 4 sigmoid(2 A^g); H_t = O - 2 O sigmoid(C~_t)
+            c = torch.mul(cm, f_steps[s], out=c_steps[s]).addcmul_(g_steps[s], i_steps[s], value=-4.0)
+            c.add_(i_steps[s], alpha=2.0)
             torch.sigmoid(c, out=t_steps[s])
             torch.addcmul(o_steps[s], o_steps[s], t_steps[s], value=-2.0, out=h_out[s])
         cs = cs.mul_(-0.5)  # C_t (exact)
@@ -124,7 +118,7 @@ class TLSTMSequence(torch.autograd.Function):
         R = B * N
         a4 = acts.view(S, B, N, -1)
         i, f, o = (a4[..., k * M : (k + 1) * M] for k in (1, 2, 3))
-        g = a4[..., :M] * -0.5
+        g = torch.mul(a4[..., :M], 2.0).sub_(1.0)  # G = 2 sigmoid(2 A^g) - 1
         if memory:
             cms, kmats, kerns, memory_index = saved[7:]
             cm = cms * -0.5  # conv(C_{t-1})
@@ -156,8 +150,8 @@ class TLSTMSequence(torch.autograd.Function):
             c_t = torch.cat([c0.unsqueeze(0), cs[:-1]]).transpose(2, 3).unbind(0)  # C_{t-1}^T per step
             km_t = kmats.view(S, B, N, N).transpose(2, 3).unbind(0)
             k_steps, da_q = kerns.unbind(0), da_all[..., 4 * M :].unbind(0)
-            dk, dkern = cs.new_empty(B, N, N), cs.new_empty(B, N, taps)
-            dk_flat, dkern_flat = dk.view(B, N * N), dkern.view(B, N * taps)
+            dk, dkern, kd = cs.new_empty(B, N, N), cs.new_empty(B, N, taps), cs.new_empty(B, N, taps)
+            dk_flat, dkern_flat, ksum = dk.view(B, N * N), dkern.view(B, N * taps), cs.new_empty(B, N, 1)
         Wt = W.t()
         dp = cs.new_empty(R, KM)
         dp3 = dp.view(B, N * taps, M)
@@ -175,8 +169,11 @@ class TLSTMSequence(torch.autograd.Function):
             if memory:
                 torch.bmm(dcm, c_t[s], out=dk)
                 torch.gather(dk_flat, 1, gather_index, out=dkern_flat)
-                # (the out= form of _softmax_backward_data ignores a strided out's layout: computed, then copied)
-                da_q[s].copy_(_softmax_bwd(dkern, k_steps[s], -1, cs.dtype))
+                # softmax backward: dL/dA^q = k dkern - k sum(k dkern) (3 calls: aten's op costs ~4x as much here,
+                # and its out= form ignores a strided out's layout)
+                torch.mul(k_steps[s], dkern, out=kd)
+                torch.sum(kd, -1, keepdim=True, out=ksum)
+                torch.addcmul(kd, k_steps[s], ksum, value=-1.0, out=da_q[s])
                 if outside:
                     dc_next = torch.baddbmm(g_c[s - 1], km_t[s], dcm, out=dc_prev)
                 else:
