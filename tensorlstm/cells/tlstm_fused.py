@@ -138,9 +138,12 @@ class TLSTMSequence(torch.autograd.Function):
         if g_hs is not None:
             dH[1:, :, :N] = g_hs
         dh_steps, dH_steps = dH[:, :, :N].unbind(0), dH.unbind(0)
-        da_all = cs.new_empty(S, B, N, Mo)  # dL/dA_t = dL/da_in
+        Mp = a4.shape[-1]
+        da_all = cs.new_empty(S, B, N, Mp)  # dL/dA_t = dL/da_in; zero columns Mo.. Mp as in the forward's GEMM
+        da_all[..., Mo:].zero_()
+        da_flat = da_all.view(S, R, Mp)
         da_gif = da_all[..., : 3 * M].unflatten(-1, (3, M)).unbind(0)
-        da_o, da_rows = da_all[..., 3 * M : 4 * M].unbind(0), da_all.view(S, R, Mo).unbind(0)
+        da_o, da_rows = da_all[..., 3 * M : 4 * M].unbind(0), da_flat[..., :Mo].unbind(0)
         Po, Pc, Pgif, f = Po.unbind(0), Pc.unbind(0), Pgif.unbind(0), f.unbind(0)
         dc, dcm, dc_prev = cs.new_empty(B, N, M), cs.new_empty(B, N, M), cs.new_empty(B, N, M)
         dc_u = dc.unsqueeze(2)
@@ -149,7 +152,7 @@ class TLSTMSequence(torch.autograd.Function):
             gather_index = memory_index.expand(B, -1)
             c_t = torch.cat([c0.unsqueeze(0), cs[:-1]]).transpose(2, 3).unbind(0)  # C_{t-1}^T per step
             km_t = kmats.view(S, B, N, N).transpose(2, 3).unbind(0)
-            k_steps, da_q = kerns.unbind(0), da_all[..., 4 * M :].unbind(0)
+            k_steps, da_q = kerns.unbind(0), da_all[..., 4 * M : Mo].unbind(0)
             dk, dkern, kd = cs.new_empty(B, N, N), cs.new_empty(B, N, taps), cs.new_empty(B, N, taps)
             dk_flat, dkern_flat, ksum = dk.view(B, N * N), dkern.view(B, N * taps), cs.new_empty(B, N, 1)
         Wt = W.t()
@@ -184,5 +187,5 @@ class TLSTMSequence(torch.autograd.Function):
             dH_steps[s].index_add_(1, hidden_index, dp3)
         dW = None
         if ctx.needs_input_grad[1]:
-            dW = patches.view(S * R, KM).t() @ da_all.view(S * R, Mo)
-        return da_all.view(S, R, Mo), dW, dh_steps[0].clone(), dc_next.clone(), None, None
+            dW = (patches.view(S * R, KM).t() @ da_all.view(S * R, Mp))[:, :Mo]
+        return da_flat[..., :Mo], dW, dh_steps[0].clone(), dc_next.clone(), None, None
