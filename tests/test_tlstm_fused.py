@@ -76,13 +76,18 @@ def test_fused_node_passes_gradcheck(cfg):
     torch.manual_seed(1)
     net = build_cell(cell_config("tlstm", **cfg), I, 2)
     S, B, N, Mc = 3, 2, net.geo.locations, 2
-    Mo = net.weight.shape[-1]
+    Mo, pairs = net.weight.shape[-1], net.input_locations.numel()
     memory = net.memory_index if net.memory_conv else None
     f64 = dict(dtype=torch.float64)
-    args = [torch.randn(S, B * N, Mo, **f64), 0.5 * torch.randn(net.geo.taps * Mc, Mo, **f64),
-            torch.randn(B, N, Mc, **f64), torch.randn(B, N, Mc, **f64)]
+    bias, x_terms = torch.randn(Mo, **f64), torch.randn(S, B, pairs, Mo, **f64)
+    args = [bias, x_terms, 0.5 * torch.randn(net.geo.taps * Mc, Mo, **f64), torch.randn(B, N, Mc, **f64),
+            torch.randn(B, N, Mc, **f64)]
     args = [a.requires_grad_(True) for a in args]
-    assert torch.autograd.gradcheck(lambda *a: TLSTMSequence.apply(*a, net.hidden_index, memory), args)
+
+    def node(bias, x_terms, W, h0, c0):
+        return TLSTMSequence.apply(bias, x_terms, net.input_locations, W, h0, c0, net.hidden_index, memory)
+
+    assert torch.autograd.gradcheck(node, args)
 
 
 @pytest.mark.parametrize("norm", ["ln", "cn", "ccn"])

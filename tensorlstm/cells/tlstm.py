@@ -229,11 +229,9 @@ class TensorizedLSTM(RecurrentNet):
         N, Mo = self.geo.locations, self.weight.shape[-1]
         T = S - self.delay
         h0, c0 = state
-        a_in = self.bias.to(x_terms.dtype).expand(S, B, N, Mo).index_add(2, self.input_locations,
-                                                                          x_terms.transpose(0, 1))
         memory = self.memory_index if self.memory_conv else None
-        hs, cs = TLSTMSequence.apply(a_in.view(S, B * N, Mo), self.weight.view(-1, Mo), h0, c0,
-                                     self.hidden_index, memory)
+        hs, cs = TLSTMSequence.apply(self.bias.to(x_terms.dtype), x_terms.transpose(0, 1), self.input_locations,
+                                     self.weight.view(-1, Mo), h0, c0, self.hidden_index, memory)
         y = hs[self.delay :, :, N - 1].transpose(0, 1).contiguous()
         if last is None:
             final = (hs[T - 1], cs[T - 1])

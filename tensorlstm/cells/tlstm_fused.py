@@ -11,10 +11,10 @@ locations), 4 multiplies (+8 for the memory-cell convolution). What makes that p
 * every per-step view comes from one ``unbind`` of a buffer allocated once (a view costs ~2 us in Python,
   about as much as a small elementwise op);
 * H_t is written into a (B, N + 1, M) slab whose last row stays zero (the zero padding, and the input taps whose
-  terms come precomputed in ``a_in``), so no pad or cat per step; the patches are kept: they are the rows of
+  terms come precomputed in ``x_terms``), so no pad or cat per step; the patches are kept: they are the rows of
   dL/dW^h, formed after the loop as ONE (taps M x S B N) @ (S B N x M^o) product;
-* G's columns of W^h and a_in are doubled (exact) so that one sigmoid over the four gate blocks gives
-  sigmoid(2 A^g), G = 2 sigmoid(2 A^g) - 1 = tanh(A^g); the loop carries C~ = -2 C (exact), so that
+* G's columns of W^h and of b^h + the input terms are doubled (exact) so that one sigmoid over the four gate
+  blocks gives sigmoid(2 A^g), G = 2 sigmoid(2 A^g) - 1 = tanh(A^g); the loop carries C~ = -2 C (exact), so that
   tanh(C_t) = 1 - 2 sigmoid(C~_t), H_t = O - 2 O sigmoid(C~_t) is one sigmoid and one addcmul, and
   C~_t = conv(C~_{t-1}) F - 4 sigmoid(2 A^g) I + 2 I three calls (G is never formed in the loop);
 * the backward first forms the local derivatives of all steps at once (sigmoid' = s - s^2, tanh' = 1 - t^2,
@@ -39,18 +39,21 @@ import torch.nn.functional as F
 
 
 class TLSTMSequence(torch.autograd.Function):
-    """(a_in, W, h0, c0, hidden_index, memory_index) -> (hs, cs), each (S, B, N, M): H_t and C_t of every step.
+    """(bias, x_terms, input_locations, W, h0, c0, hidden_index, memory_index) -> (hs, cs), each (S, B, N, M):
+    H_t and C_t of every step.
 
-    a_in (S, B N, M^o): b^h plus the input location's terms of A_t per step; W (taps M, M^o): W^h flattened;
+    bias (M^o,): b^h; x_terms (S, B, pairs, M^o): the terms of A_t from the input location, added at locations
+    ``input_locations`` (pairs,); W (taps M, M^o): W^h flattened;
     h0, c0 (B, N, M); hidden_index (N taps,): the cross-layer table row-major, entries in 0..N with N a zero
     row; memory_index (N taps,) or None (tLSTM-M): n N + (memory-table entry) for the flattened (N, N) kernel
     matrix of location n. Gate order G, I, F, O, Q as ``TensorizedLSTM``.
     """
 
     @staticmethod
-    def forward(ctx, a_in, W, h0, c0, hidden_index, memory_index):  # noqa: D102
-        S, R, Mo = a_in.shape
-        B, N, M = h0.shape
+    def forward(ctx, bias, x_terms, input_locations, W, h0, c0, hidden_index, memory_index):  # noqa: D102
+        S, B = x_terms.shape[:2]
+        _, N, M = h0.shape
+        R, Mo = B * N, W.shape[1]
         KM = W.shape[0]
         taps = KM // M
         memory = memory_index is not None
@@ -59,14 +62,18 @@ class TLSTMSequence(torch.autograd.Function):
         Mp = -(-Mo // 16) * 16
         W2 = F.pad(W, (0, Mp - Mo))
         W2[:, :M] *= 2.0
-        acts = F.pad(a_in, (0, Mp - Mo))  # A_t, then in place its activations (sigmoid(2 A^g), I, F, O; raw A^q)
+        # A_t without the GEMM: b^h + the input terms (G's doubled), then per step + patches W2 and in place its
+        # activations (sigmoid(2 A^g), I, F, O; raw A^q)
+        acts = W.new_empty(S, R, Mp)
+        acts.copy_(F.pad(bias, (0, Mp - Mo)))
+        acts.view(S, B, N, Mp)[..., :Mo].index_add_(2, input_locations, x_terms)
         acts[..., :M] *= 2.0
-        hbuf = a_in.new_empty(S + 1, B, N + 1, M)  # H_{t-1} slabs with a zero row; hbuf[s + 1] = H_s
+        hbuf = W.new_empty(S + 1, B, N + 1, M)  # H_{t-1} slabs with a zero row; hbuf[s + 1] = H_s
         hbuf[:, :, N].zero_()
         hbuf[0, :, :N] = h0
-        patches = a_in.new_empty(S, B, N * taps, M)
-        cs = a_in.new_empty(S, B, N, M)  # C~_t = -2 C_t
-        ts = a_in.new_empty(S, B, N, M)  # sigmoid(C~_t): tanh(C_t) = 1 - 2 ts
+        patches = W.new_empty(S, B, N * taps, M)
+        cs = W.new_empty(S, B, N, M)  # C~_t = -2 C_t
+        ts = W.new_empty(S, B, N, M)  # sigmoid(C~_t): tanh(C_t) = 1 - 2 ts
         a4 = acts.view(S, B, N, Mp)
         h_steps, h_out = hbuf.unbind(0), hbuf[1:, :, :N].unbind(0)
         p_steps, p_rows, a_rows = patches.unbind(0), patches.view(S, R, KM).unbind(0), acts.unbind(0)
@@ -74,9 +81,9 @@ class TLSTMSequence(torch.autograd.Function):
         g_steps, i_steps, f_steps, o_steps = (a4[..., k * M : (k + 1) * M].unbind(0) for k in range(4))
         c_steps, t_steps = cs.unbind(0), ts.unbind(0)
         if memory:
-            cms = a_in.new_empty(S, B, N, M)  # conv(C~_{t-1}, softmax(A^q))
-            kmats = a_in.new_zeros(S, B, N * N)  # per location n, row n: its kernel at the taps' locations
-            kerns = a_in.new_empty(S, B, N, taps)
+            cms = W.new_empty(S, B, N, M)  # conv(C~_{t-1}, softmax(A^q))
+            kmats = W.new_zeros(S, B, N * N)  # per location n, row n: its kernel at the taps' locations
+            kerns = W.new_empty(S, B, N, taps)
             scatter_index = memory_index.expand(B, -1)
             q_steps, cm_steps = a4[..., 4 * M : Mo].unbind(0), cms.unbind(0)
             km_flat, km_mats = kmats.unbind(0), kmats.view(S, B, N, N).unbind(0)
@@ -98,7 +105,7 @@ class TLSTMSequence(torch.autograd.Function):
             torch.sigmoid(c, out=t_steps[s])
             torch.addcmul(o_steps[s], o_steps[s], t_steps[s], value=-2.0, out=h_out[s])
         cs = cs.mul_(-0.5)  # C_t (exact)
-        saved = [acts, patches, cs, ts, W, c0, hidden_index]
+        saved = [acts, patches, cs, ts, W, c0, hidden_index, input_locations]
         if memory:
             saved += [cms, kmats, kerns, memory_index]
         ctx.save_for_backward(*saved)
@@ -110,7 +117,7 @@ class TLSTMSequence(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, g_hs, g_cs):  # noqa: D102
         saved = ctx.saved_tensors
-        acts, patches, cs, ts, W, c0, hidden_index = saved[:7]
+        acts, patches, cs, ts, W, c0, hidden_index, input_locations = saved[:8]
         memory = ctx.memory
         S, B, N, M = cs.shape
         KM, Mo = W.shape
@@ -120,7 +127,7 @@ class TLSTMSequence(torch.autograd.Function):
         i, f, o = (a4[..., k * M : (k + 1) * M] for k in (1, 2, 3))
         g = torch.mul(a4[..., :M], 2.0).sub_(1.0)  # G = 2 sigmoid(2 A^g) - 1
         if memory:
-            cms, kmats, kerns, memory_index = saved[7:]
+            cms, kmats, kerns, memory_index = saved[8:]
             cm = cms * -0.5  # conv(C_{t-1})
         else:
             cm = torch.cat([c0.unsqueeze(0), cs[:-1]])
@@ -139,7 +146,7 @@ class TLSTMSequence(torch.autograd.Function):
             dH[1:, :, :N] = g_hs
         dh_steps, dH_steps = dH[:, :, :N].unbind(0), dH.unbind(0)
         Mp = a4.shape[-1]
-        da_all = cs.new_empty(S, B, N, Mp)  # dL/dA_t = dL/da_in; zero columns Mo.. Mp as in the forward's GEMM
+        da_all = cs.new_empty(S, B, N, Mp)  # dL/dA_t; zero columns Mo.. Mp as in the forward's GEMM
         da_all[..., Mo:].zero_()
         da_flat = da_all.view(S, R, Mp)
         da_gif = da_all[..., : 3 * M].unflatten(-1, (3, M)).unbind(0)
@@ -185,7 +192,11 @@ class TLSTMSequence(torch.autograd.Function):
                 dc_next = torch.add(dcm, g_c[s - 1], out=dc_prev) if outside else dcm
             torch.mm(da_rows[s], Wt, out=dp)
             dH_steps[s].index_add_(1, hidden_index, dp3)
-        dW = None
+        db = dx = dW = None
+        if ctx.needs_input_grad[0]:
+            db = da_flat[..., :Mo].sum((0, 1))
         if ctx.needs_input_grad[1]:
+            dx = da_all[..., :Mo].index_select(2, input_locations)
+        if ctx.needs_input_grad[3]:
             dW = (patches.view(S * R, KM).t() @ da_all.view(S * R, Mp))[:, :Mo]
-        return da_flat[..., :Mo], dW, dh_steps[0].clone(), dc_next.clone(), None, None
+        return db, dx, None, dW, dh_steps[0].clone(), dc_next.clone(), None, None
