@@ -134,12 +134,14 @@ class TLSTMSequence(torch.autograd.Function):
         # local derivatives of every step at once: dL/dA^o = dh * Po, dL/dC_t += dh * Pc, and
         # dL/d(A^g, A^i, A^f) = dc * Pgif
         tc = torch.mul(ts, -2.0).add_(1.0)  # tanh(C_t)
-        Po = torch.addcmul(o, o, o, value=-1.0).mul_(tc)
+        ifo = a4[..., M : 4 * M]
+        ds = torch.addcmul(ifo, ifo, ifo, value=-1.0)  # sigmoid' of I, F, O
+        Po = torch.mul(ds[..., 2 * M :], tc)
         Pc = torch.addcmul(o, o, torch.mul(tc, tc), value=-1.0)
         Pgif = cs.new_empty(S, B, N, 3, M)
         torch.addcmul(i, i, torch.mul(g, g), value=-1.0, out=Pgif[..., 0, :])
-        torch.mul(torch.addcmul(i, i, i, value=-1.0), g, out=Pgif[..., 1, :])
-        torch.mul(torch.addcmul(f, f, f, value=-1.0), cm, out=Pgif[..., 2, :])
+        torch.mul(ds[..., :M], g, out=Pgif[..., 1, :])
+        torch.mul(ds[..., M : 2 * M], cm, out=Pgif[..., 2, :])
         # dL/dH_t in slab t + 1 (slab 0: H_0), with the zero row's column that the scatter of the patches hits
         dH = cs.new_zeros(S + 1, B, N + 1, M)
         if g_hs is not None:
