@@ -14,12 +14,12 @@ from tensorlstm.cells.fused_loop import (
     GRUSequence,
     LSTMSequence,
     StepMatmul,
-    _onednn_ok,
     alive_mask,
 )
 from tensorlstm.cells.recurrent import RecurrentLayer, StackedRecurrent
 from tensorlstm.defaults import cell_config
 from tensorlstm.tensor import build_map
+from tensorlstm.tensor.kernels import onednn_linear_ok
 
 
 def _general(net: StackedRecurrent) -> StackedRecurrent:
@@ -148,7 +148,7 @@ def test_step_matmul_onednn_matches_matmul():
     torch.manual_seed(6)
     W, x, other = torch.randn(16, 24), torch.randn(5, 16), torch.randn(5, 24)
     prod = StepMatmul(W, 5)
-    assert (prod.packed is not None) == _onednn_ok()
+    assert (prod.packed is not None) == onednn_linear_ok(packed=True)
     torch.testing.assert_close(prod(x), x @ W, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(prod(x, other), other + x @ W, rtol=1e-5, atol=1e-5)
     assert StepMatmul(W.double(), 5).packed is None  # float64 takes torch.addmm

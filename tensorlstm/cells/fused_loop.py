@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import torch
 
+from tensorlstm.tensor.kernels import onednn_linear_ok
+
 _sig_bwd = torch.ops.aten.sigmoid_backward
 _tanh_bwd = torch.ops.aten.tanh_backward
 
@@ -39,7 +41,8 @@ class StepMatmul:
 
     def __init__(self, W: torch.Tensor, rows: int) -> None:
         self.W, self.packed = W, None
-        if W.device.type == "cpu" and W.dtype == torch.float32 and rows > 0 and W.numel() > 0 and _onednn_ok():
+        cpu_float = W.device.type == "cpu" and W.dtype == torch.float32
+        if cpu_float and rows > 0 and W.numel() > 0 and onednn_linear_ok(packed=True):
             try:
                 self.packed = torch.ops.mkldnn._reorder_linear_weight(W.t().contiguous(), rows)
             except RuntimeError:  # pragma: no cover - a build without the packed-linear kernels
@@ -52,26 +55,6 @@ class StepMatmul:
             return torch.ops.mkldnn._linear_pointwise(x, self.packed, None, "none", [], "")
         return torch.ops.mkldnn._linear_pointwise.binary(x, other, self.packed, None, "add")
 
-
-_ONEDNN: list[bool] = []
-
-
-def _onednn_ok() -> bool:
-    """Whether the packed oneDNN linear runs here and agrees with a plain matmul (checked once)."""
-    if not _ONEDNN:
-        ok = False
-        try:
-            if torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise"):
-                g = torch.Generator().manual_seed(0)
-                w = torch.randn(8, 16, generator=g)
-                x = torch.randn(3, 8, generator=g)
-                packed = torch.ops.mkldnn._reorder_linear_weight(w.t().contiguous(), 3)
-                y = torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")
-                ok = torch.allclose(y, x @ w, atol=1e-5)
-        except (RuntimeError, AttributeError):
-            ok = False
-        _ONEDNN.append(ok)
-    return _ONEDNN[0]
 
 
 def _zeros_if_none(g: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:

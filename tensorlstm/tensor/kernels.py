@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from tensorlstm.tensor.amp import compute_dtype, no_autocast
@@ -38,25 +40,22 @@ class ModeProduct(torch.autograd.Function):
         return grad_x, grad_mat
 
 
-_ONEDNN_OK: list[bool] = []
-
-
-def onednn_linear_ok() -> bool:
+@functools.cache
+def onednn_linear_ok(packed: bool = False) -> bool:
     """Whether oneDNN's linear (``torch.ops.mkldnn._linear_pointwise``) runs here and agrees with a plain
-    matmul (checked once per process)."""
-    if not _ONEDNN_OK:
-        ok = False
-        try:
-            if torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise"):
-                g = torch.Generator().manual_seed(0)
-                w = torch.randn(8, 16, generator=g)
-                x = torch.randn(3, 16, generator=g)
-                y = torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], "")
-                ok = bool(torch.allclose(y, x @ w.t(), atol=1e-5))
-        except (RuntimeError, AttributeError):
-            ok = False
-        _ONEDNN_OK.append(ok)
-    return _ONEDNN_OK[0]
+    matmul, with a plain weight or, ``packed``, one reordered by ``_reorder_linear_weight`` (checked once per
+    process and form)."""
+    try:
+        if not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")):
+            return False
+        g = torch.Generator().manual_seed(0)
+        w = torch.randn(8, 16, generator=g)  # (out, in)
+        x = torch.randn(3, 16, generator=g)
+        weight = torch.ops.mkldnn._reorder_linear_weight(w, 3) if packed else w
+        y = torch.ops.mkldnn._linear_pointwise(x, weight, None, "none", [], "")
+        return bool(torch.allclose(y, x @ w.t(), atol=1e-5))
+    except (RuntimeError, AttributeError):
+        return False
 
 
 def use_onednn(a: torch.Tensor, mat: torch.Tensor) -> bool:

@@ -11,6 +11,8 @@ import pathlib
 
 import numpy as np
 
+from .video_cache import cache_overrides
+
 ACTIONS = ("AnswerPhone", "DriveCar", "Eat", "FightPerson", "GetOutCar", "HandShake", "HugPerson", "Kiss", "Run",
            "SitDown", "SitUp", "StandUp")
 CLIPS = {"train": 10, "test": 4}
@@ -59,19 +61,6 @@ def write_source(root: pathlib.Path) -> pathlib.Path:
 
 def make(tmp_path: pathlib.Path) -> list[str]:
     """Tiny clips + a 12x8 cache; overrides that make `task=hollywood2` train in seconds on them."""
-    from tensorlstm.data.clip_cache import prepare_cache
     from tensorlstm.data.hollywood2 import LAYOUT
 
-    source = write_source(tmp_path / "hollywood2_source")
-    cache = tmp_path / "hollywood2_cache"
-    prepare_cache(LAYOUT, source, cache, size=(12, 8), workers=1, log=lambda _msg: None)
-    return [
-        f"task.data_dir={cache}",
-        "task.frame_size=[12,8]",
-        "task.input_size=288",
-        "task.in_modes=[2,4,6,6]",
-        "task.hidden_size=16",
-        "task.hidden_modes=[2,2,2,2]",
-        "task.batch_size=4",
-        "task.eval_batch_size=8",
-    ]
+    return cache_overrides(LAYOUT, write_source(tmp_path / "hollywood2_source"), tmp_path / "hollywood2_cache")

@@ -10,6 +10,8 @@ import pathlib
 
 import numpy as np
 
+from .video_cache import cache_overrides
+
 PEOPLE = ("adam_sandler", "leonardo_di_caprio", "salma_hayek")  # sorted: the class order
 VIDEOS = 3
 CLIPS_PER_VIDEO = 2
@@ -44,21 +46,7 @@ def write_source(root: pathlib.Path) -> pathlib.Path:
 
 def make(tmp_path: pathlib.Path) -> list[str]:
     """Tiny clips + a 12x8 cache; overrides that make `task=youtube_celebrities` train in seconds on them."""
-    from tensorlstm.data.clip_cache import prepare_cache
     from tensorlstm.data.youtube_celebrities import LAYOUT
 
-    source = write_source(tmp_path / "celebrities_source")
-    cache = tmp_path / "celebrities_cache"
-    prepare_cache(LAYOUT, source, cache, size=(12, 8), workers=1, log=lambda _msg: None)
-    return [
-        f"task.data_dir={cache}",
-        "task.frame_size=[12,8]",
-        "task.input_size=288",
-        "task.in_modes=[2,4,6,6]",
-        "task.hidden_size=16",
-        "task.hidden_modes=[2,2,2,2]",
-        f"task.num_classes={len(PEOPLE)}",
-        "task.num_folds=3",
-        "task.batch_size=4",
-        "task.eval_batch_size=8",
-    ]
+    return cache_overrides(LAYOUT, write_source(tmp_path / "celebrities_source"), tmp_path / "celebrities_cache",
+                           f"task.num_classes={len(PEOPLE)}", "task.num_folds=3")
