@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from tensorlstm.cells.base import detach_state, map_state
-from tensorlstm.engine import distributed
+from tensorlstm.engine import distributed, provenance
 from tensorlstm.engine.build import build, model_info
 from tensorlstm.engine.checkpoint import (
     check_resumable,
@@ -177,8 +177,10 @@ def train(cfg: dict, run_dir: Path) -> dict:
         logger = RunLogger(run_dir, cfg, cfg["logger"], run_id=wandb_id, elapsed=elapsed)
     else:  # rank 0 alone writes the run dir, W&B and checkpoints
         logger = distributed.NullLogger(wandb_id, elapsed)
+    code = provenance.extend(ckpt.get("code", []) if resume_from is not None else [], step)
     if resume_from is None:
         log.info("model: %s", json.dumps(info))
+    log.info("code: %s", json.dumps(code[-1]))
     # ---- warm start: tlstm compress initialises the model from a dense run (facts kept in every checkpoint) --
     warm = ckpt.get("warm_start") if resume_from is not None else None
 
@@ -209,6 +211,7 @@ def train(cfg: dict, run_dir: Path) -> dict:
                 "progress": {"running": list(running), "train_time": train_time, "timed_steps": timed_steps,
                              "elapsed": logger.elapsed()},
                 "warm_start": warm,
+                "code": code,
             },
             path,
         )
@@ -351,6 +354,7 @@ def train(cfg: dict, run_dir: Path) -> dict:
         "world_size": world.size,
         "amp_dtype": str(amp_dtype).removeprefix("torch.") if amp_dtype is not None else None,
         "wandb_id": logger.run_id,
+        "code": code,
         **task.summarize(history),
         **(warm or {}),
     }
