@@ -15,7 +15,7 @@ import warnings
 from pathlib import Path
 
 from tensorlstm.errors import ArgumentParser, UserError
-from tensorlstm.paths import check_config_dir, config_dir, register_resolvers
+from tensorlstm.paths import check_config_dir, config_dir, register_resolvers, source_root
 
 CONFIG_DIR = config_dir()  # configs/ of a checkout, the packaged copy, or $TLSTM_CONFIG_DIR
 register_resolvers()  # at import: a submitit job process imports this module before Hydra names its folder
@@ -636,7 +636,7 @@ def cmd_reproduce(args: list[str]) -> int:
 
 def _source_checkout() -> Path:
     """The source checkout `--publish` writes into (its docs/results/, README.md and docs/results.md)."""
-    checkout = Path(__file__).resolve().parent.parent
+    checkout = source_root()
     if not all((checkout / f).exists() for f in ("configs/train.yaml", "docs/results", "README.md")):
         raise UserError("--publish writes into a source checkout's docs/results/ and README.md; run it from a "
                         "git clone of tensorlstm (pip install -e .)")

@@ -16,12 +16,18 @@ from tensorlstm.errors import UserError
 _PACKAGE = Path(__file__).resolve().parent
 
 
+def source_root() -> Path:
+    """The folder above the package: a source checkout's top when run from one (an editable install), else
+    wherever the package was installed (site-packages)."""
+    return _PACKAGE.parent
+
+
 def config_dir() -> Path:
     """The config folder in use: $TLSTM_CONFIG_DIR, else the source checkout's configs/, else the packaged copy."""
     env = os.environ.get("TLSTM_CONFIG_DIR")
     if env:
         return Path(env).expanduser().resolve()
-    checkout = _PACKAGE.parent / "configs"
+    checkout = source_root() / "configs"
     if (checkout / "train.yaml").is_file():
         return checkout
     return _PACKAGE / "conf"

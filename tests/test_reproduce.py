@@ -215,7 +215,7 @@ def test_the_trend_of_a_bounded_curve_is_capped_at_its_range(tmp_path):
 def test_publish_outside_a_source_checkout_is_one_line(args, tmp_path, monkeypatch, capsys):
     import tensorlstm.cli as cli
 
-    monkeypatch.setattr(cli, "__file__", str(tmp_path / "site-packages" / "tensorlstm" / "cli.py"))  # a wheel install
+    monkeypatch.setattr(cli, "source_root", lambda: tmp_path / "site-packages")  # a wheel install
     monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
     with pytest.raises(SystemExit) as exit_:
         main(["reproduce", *args])

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 import tensorlstm
+from tensorlstm.paths import source_root
 
 
 def _git(root: Path, *args: str) -> str | None:
@@ -25,7 +26,7 @@ def _git(root: Path, *args: str) -> str | None:
 @functools.cache
 def code_version() -> dict:
     """{version, commit, dirty, torch}; commit and dirty are None outside a git checkout of tensorlstm (a wheel)."""
-    root = Path(tensorlstm.__file__).resolve().parent.parent
+    root = source_root()
     commit = dirty = None
     top = _git(root, "rev-parse", "--show-toplevel")
     if top is not None and Path(top).resolve() == root:  # the package's own checkout, not a repo around a venv
