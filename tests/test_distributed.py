@@ -27,7 +27,7 @@ from tensorlstm.engine import distributed
 from tensorlstm.engine.build import build
 from tensorlstm.engine.checkpoint import load_checkpoint
 
-TASKS = ["addition", "memorization", "smnist", "pmnist", "char_lm", "polyphonic", "ucf11", "draw_mnist"]
+TASKS = sorted(p.stem for p in (ROOT / "configs" / "task").glob("*.yaml"))  # every task the CLI offers
 # tasks whose loss draws noise per row (DRAW's latent samples): the shards draw other numbers than the whole
 # batch, so only the batch split and the loss weights are checked there, not gradient equality
 NOISY = {"draw_mnist"}

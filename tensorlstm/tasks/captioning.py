@@ -161,6 +161,10 @@ class CaptioningTask(Task):
                               ignore_index=self.vocab.pad, reduction="sum")
         return nll, (target != self.vocab.pad).sum()
 
+    def loss_terms(self, batch: Batch) -> float:
+        """The loss is a mean over the caption words (and end tokens) of the batch, not over its images."""
+        return float((batch["tokens"][:, 1:] != self.vocab.pad).sum())
+
     def loss(self, model: nn.Module, batch: Batch, state=None) -> tuple[torch.Tensor, dict, None]:
         total, words = self._nll(model, batch)
         loss = total / words
