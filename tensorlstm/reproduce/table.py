@@ -145,7 +145,7 @@ def _fmt(v) -> str:
     if v is None:
         return "-"
     if isinstance(v, float):
-        return f"{v:,.0f}" if abs(v) >= 1e5 else f"{v:.4g}"
+        return f"{v:,.0f}" if abs(v) >= 1e5 or v.is_integer() else f"{v:.4g}"  # counts (means of ints) in full
     if isinstance(v, int):
         return f"{v:,}"
     return str(v)
