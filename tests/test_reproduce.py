@@ -221,3 +221,32 @@ def test_publish_outside_a_source_checkout_is_one_line(args, tmp_path, monkeypat
         main(["reproduce", *args])
     assert exit_.value.code == 2
     assert "run it from a git clone of tensorlstm" in capsys.readouterr().err
+
+
+def test_a_finished_row_without_the_metric_says_so_and_counts_as_finished(tmp_path):
+    """samples_to_99 is null when 99% was never reached: the row finished, and the table, report and README say
+    '99% not reached in <steps> steps' (the table's `missing`), never 'null' or 'unfinished'."""
+    table = rt.load_table("he2017_small", ROOT / "configs")
+    reached, never = table["rows"][0]["name"], table["rows"][1]["name"]
+    out = tmp_path / "outputs" / "reproduce" / "he2017_small"
+    for name, samples in ((reached, 41600), (never, None)):
+        run = out / rt.slug(name)
+        run.mkdir(parents=True)
+        (run / "summary.json").write_text(json.dumps({"samples_to_99": samples, "steps": 3000,
+                                                      table["params_key"]: 8704, "best_valid": 0.9}))
+        (run / "metrics.jsonl").write_text(json.dumps({"step": 3000, "split": "valid", "seq_accuracy": 0.9}) + "\n")
+    project = tmp_path / "project"
+    (project / "docs").mkdir(parents=True)
+    (project / "README.md").write_text(f"# x\n\n{rt.README_BEGIN}\n{rt.README_END}\n")
+    (project / "docs" / "results.md").write_text(f"# r\n\n{rt.INDEX_BEGIN}\n{rt.INDEX_END}\n")
+    assert rt.reproduce("he2017_small", ROOT / "configs", [], collect_only=True, out_root=out.parent,
+                        publish_to=project) == 0
+    n = len(table["rows"])
+    for text in ((out / "table.md").read_text(), (out / "report.md").read_text()):
+        assert f"| {reached} | - | 41,600 |" in text and f"| {never} | - | 99% not reached in 3,000 steps |" in text
+        assert "null" not in text
+    assert f"2 of {n} rows finished" in (out / "report.md").read_text()
+    readme = (project / "README.md").read_text()
+    assert f"2 of {n} rows finished)" in readme
+    assert f"| {never} | - | 99% not reached in 3,000 steps | 8,704 |" in readme
+    assert f"2 of {n} rows finished" in (project / "docs" / "results.md").read_text()
