@@ -20,6 +20,15 @@ def rows_of(name: str) -> dict:
     return {r["name"]: r for r in table["rows"]}
 
 
+def _project(tmp_path):
+    """A source tree to publish into: a README and docs/results.md with empty generated sections."""
+    project = tmp_path / "project"
+    (project / "docs").mkdir(parents=True)
+    (project / "README.md").write_text(f"# x\n\n{rt.README_BEGIN}\n{rt.README_END}\n")
+    (project / "docs" / "results.md").write_text(f"# r\n\n{rt.INDEX_BEGIN}\n{rt.INDEX_END}\n")
+    return project
+
+
 def test_reference_numbers_are_the_papers():
     yang = rows_of("yang2017_ucf11")  # arXiv 1707.01786v1 Table 2: mean ± sd over 5 folds, s/epoch
     got = {n: (r["paper"]["accuracy"], r["paper"]["accuracy_sd"], r["paper"]["sec_per_epoch"]) for n, r in yang.items()}
@@ -153,10 +162,7 @@ def test_an_unfinished_row_is_shown_as_partial_with_its_trend(tmp_path):
                                                for s, v in values))
     (run / "train.log").write_text(
         '[t][tensorlstm][INFO] - model: {"params_total": 884568, "params_input_map": 1920}\n')
-    project = tmp_path / "project"
-    (project / "docs").mkdir(parents=True)
-    (project / "README.md").write_text(f"# x\n\n{rt.README_BEGIN}\n{rt.README_END}\n")
-    (project / "docs" / "results.md").write_text(f"# r\n\n{rt.INDEX_BEGIN}\n{rt.INDEX_END}\n")
+    project = _project(tmp_path)
     assert rt.reproduce("ye2018_draw", ROOT / "configs", [], collect_only=True, out_root=out.parent,
                         publish_to=project) == 0
     row = rt.collect_row(rows_of("ye2018_draw")["no attention TT-LSTM encoder (ranks 1-4-4-4-1)"],
@@ -235,10 +241,7 @@ def test_a_finished_row_without_the_metric_says_so_and_counts_as_finished(tmp_pa
         (run / "summary.json").write_text(json.dumps({"samples_to_99": samples, "steps": 3000,
                                                       table["params_key"]: 8704, "best_valid": 0.9}))
         (run / "metrics.jsonl").write_text(json.dumps({"step": 3000, "split": "valid", "seq_accuracy": 0.9}) + "\n")
-    project = tmp_path / "project"
-    (project / "docs").mkdir(parents=True)
-    (project / "README.md").write_text(f"# x\n\n{rt.README_BEGIN}\n{rt.README_END}\n")
-    (project / "docs" / "results.md").write_text(f"# r\n\n{rt.INDEX_BEGIN}\n{rt.INDEX_END}\n")
+    project = _project(tmp_path)
     assert rt.reproduce("he2017_small", ROOT / "configs", [], collect_only=True, out_root=out.parent,
                         publish_to=project) == 0
     n = len(table["rows"])
