@@ -46,6 +46,7 @@ from tensorlstm.cells import build_cell
 from tensorlstm.defaults import cell_config
 from tensorlstm.engine.seeding import set_tf32
 from tensorlstm.errors import ArgumentParser, UserError
+from tensorlstm.host_memory import set_host_memory
 from tensorlstm.tensor import DEFAULT_RANK, build_map, factorized_formats, gate_modes
 
 SEQ = dict(batch=32, steps=100, input=256, hidden=512, in_modes=[4, 4, 4, 4], hidden_modes=[8, 4, 4, 4])
@@ -413,6 +414,10 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
     set_tf32(False)  # cuDNN's nn.LSTM baseline and our cuBLAS GEMMs in the same (strict fp32) precision
+    # the cells' YAML default, for the whole process before anything is timed: the baselines run under it too
+    host_memory = cell_config("lstm")["host_memory"]
+    if not set_host_memory(host_memory) and host_memory == "keep":
+        host_memory = "keep (no effect: no glibc mallopt here)"
     timer = Timer(args.timer, device)
     rounds = args.rounds or (3 if args.quick else 9)
     notes: list[str] = []
@@ -420,7 +425,8 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, list[dict]] = {}
     out = ["# Speed", "", f"Made by `tlstm bench {' '.join(argv if argv is not None else sys.argv[1:])}` on "
            f"{platform.processor() or platform.machine()} ({device}), torch {torch.__version__}, "
-           f"{torch.get_num_threads()} thread(s), timer: {timer.kind}, {rounds} interleaved rounds per section "
+           f"{torch.get_num_threads()} thread(s), timer: {timer.kind}, host memory: "
+           f"{host_memory} (cell.host_memory, for every case), {rounds} interleaved rounds per section "
            "(order rotated each round). Times: median [min-max]; ratios: median [min-max] of the per-round "
            "ratios, >1 = the row is faster. Only cases of one table are compared, and every table was measured "
            "in this one run."]

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 from tensorlstm.cells.base import RecurrentNet
 from tensorlstm.errors import UserError
+from tensorlstm.host_memory import set_host_memory
 from tensorlstm.tensor import factorized_formats
 
 # name -> 'module:function'; each function has the signature of `build_cell` minus `cfg['name']` lookup.
@@ -31,8 +32,10 @@ def build_cell(
     """Build the recurrent net described by a cell config (a plain dict).
 
     `hidden_size`, `in_modes`, `hidden_modes` are the task's defaults (e.g. UCF11's 8x20x20x18 -> 4x4x4x4);
-    explicit values in the cell config win over them.
+    explicit values in the cell config win over them. `cfg['host_memory']` (keep, the YAML's default) sets how
+    this process's C allocator treats freed memory (tensorlstm/host_memory.py).
     """
+    set_host_memory(cfg.get("host_memory"))
     name = cfg.get("name")
     if name not in CELLS:
         raise UserError(f"unknown cell {name!r}; choose one of: {', '.join(sorted(CELLS))}")
