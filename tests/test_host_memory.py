@@ -49,3 +49,16 @@ def test_keep_reuses_freed_memory_and_system_faults_it_back_in():
 def test_an_unknown_mode_is_a_user_error():
     with pytest.raises(UserError, match="cell.host_memory 'lots'; choose one of: keep, system"):
         set_host_memory("lots")
+
+
+def test_a_run_resumes_under_either_mode_and_an_older_run_takes_todays():
+    """host_memory changes no number: a resume may switch it, and a run saved before the key existed is neither
+    refused nor pinned to its old behaviour ('system')."""
+    from tensorlstm.engine.checkpoint import config_differences, resume_pins
+
+    old = {"cell": {"name": "tt", "format": "tt", "rank": 4}, "trainer": {"max_steps": 10}}
+    today = {"cell": {"name": "tt", "format": "tt", "rank": 4, "host_memory": "keep"}, "trainer": {"max_steps": 10}}
+    assert config_differences(old, today) == []
+    assert config_differences({**today, "cell": {**today["cell"], "host_memory": "system"}}, today) == []
+    assert config_differences({**old, "cell": {**old["cell"], "rank": 2}}, today) == ["cell.rank: 2 -> 4"]
+    assert resume_pins(old, today, set()) == {}

@@ -14,9 +14,11 @@ import torch
 from tensorlstm.engine import faults
 from tensorlstm.errors import UserError
 
-# config keys that may change when a run is resumed (how long, how it logs, where it runs; `compress` acts before
-# the first step only, and the trainer checks its source separately); all others must match
-RESUMABLE_CHANGES = frozenset({"resume", "logger", "trainer", "device", "threads", "run_name", "compress"})
+# config keys (top-level, or dotted) that may change when a run is resumed (how long, how it logs, where and how fast
+# it runs; `compress` acts before the first step only, and the trainer checks its source separately); all others
+# must match. A dotted key here is also never pinned to the saved value on resume (it changes no number).
+RESUMABLE_CHANGES = frozenset({"resume", "logger", "trainer", "device", "threads", "run_name", "compress",
+                               "cell.host_memory"})
 
 
 # How a config saved by an older tensorlstm reads today: each key renamed, removed or added since the first release,
@@ -54,6 +56,7 @@ ADDED = (
      "ed51805: plain dense cells ran torch.nn.LSTM/GRU (the checkpoint holds that module's weights)"),
     ("task.feature_device", lambda c: c["task"]["name"] == "captioning", lambda c: c["device"],
      "2c6640e: captioning extracted its features on the run's device"),
+    ("cell.host_memory", lambda c: "cell" in c, lambda c: "system", "c4d0e26: glibc's defaults for freed memory"),
 )
 # values whose type changed: (dotted key, old value -> today's)
 RETYPED = (
@@ -124,7 +127,7 @@ def resume_pins(saved: dict, today: dict, named: set[str]) -> dict[str, Any]:
     old, new = leaf_values(upgrade_config(saved)), leaf_values(today)
     pins = {}
     for key, value in old.items():
-        if key not in new or new[key] == value or key.split(".")[0] in NOT_PINNED:
+        if key not in new or new[key] == value or key.split(".")[0] in NOT_PINNED or key in RESUMABLE_CHANGES:
             continue
         if any(key == n or key.startswith(n + ".") for n in named):
             continue
@@ -140,7 +143,7 @@ def config_differences(old: dict, new: dict) -> list[str]:
     def walk(a, b, path: str) -> None:
         if isinstance(a, dict) and isinstance(b, dict):
             for k in sorted(set(a) | set(b)):
-                if not path and k in RESUMABLE_CHANGES:
+                if (f"{path}.{k}" if path else k) in RESUMABLE_CHANGES:
                     continue
                 walk(a.get(k), b.get(k), f"{path}.{k}" if path else k)
         elif a != b:
