@@ -1,10 +1,12 @@
-"""cell.host_memory=keep against glibc's defaults, interleaved in one process: the training steps of the
-`tlstm bench` sequence shape (B32 x T100, 256 -> 512, forward + backward + Adam, one thread, CPU time) for
-nn.LSTM/nn.GRU and the factorized cells, each round timed once under each setting (order alternating), with the
-minor page faults per step. Prints ms per step, faults per step and the ratio to nn.LSTM/nn.GRU under each.
+"""cell.host_memory=keep against glibc's defaults, interleaved in one process: the training steps of a `tlstm
+bench` shape (sequence: B32 x T100, 256 -> 512; ucf11: B16 x T6, 57,600 -> 256 + Linear(256, 11); forward +
+backward + Adam, one thread, CPU time) for nn.LSTM/nn.GRU with default Adam, our dense loop and the factorized
+cells with fused Adam, each round timed once under each setting (order alternating, one settling step after each
+switch), with the minor page faults per step. Prints ms per step, faults per step and the ratio to
+nn.LSTM/nn.GRU under each.
 
-    .venv/bin/python scripts/bench_host_memory.py              # both bases, 5 rounds
-    .venv/bin/python scripts/bench_host_memory.py --bases gru --rounds 9
+    .venv/bin/python scripts/bench_host_memory.py              # sequence shape, both bases, 5 rounds
+    .venv/bin/python scripts/bench_host_memory.py --shape ucf11 --bases lstm --rounds 3
 """
 
 from __future__ import annotations
@@ -15,25 +17,34 @@ import statistics
 import time
 
 import torch
+from torch import nn
 
-from tensorlstm.bench import FACTORIZED, SEQ, TorchRNN, adam, factorized, step_fn
+from tensorlstm.bench import FACTORIZED, SEQ, UCF, TorchRNN, adam, factorized, our_dense_loop, step_fn
 from tensorlstm.host_memory import tune_glibc
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--shape", choices=("sequence", "ucf11"), default="sequence")
     parser.add_argument("--bases", default="lstm,gru")
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     torch.set_num_threads(1)
     if not tune_glibc(False):
         raise SystemExit("bench_host_memory: needs glibc's mallopt (Linux)")
+    shape = SEQ if args.shape == "sequence" else UCF
     for base in args.bases.split(","):
         torch.manual_seed(0)
-        x = torch.randn(SEQ["batch"], SEQ["steps"], SEQ["input"])
-        nets = {f"nn.{base.upper()}": TorchRNN(base, SEQ["input"], SEQ["hidden"]),
-                **{fmt: factorized(fmt, base, SEQ) for fmt in FACTORIZED}}
-        steps = {k: step_fn(n, adam(list(n.parameters()), not k.startswith("nn.")), x) for k, n in nets.items()}
+        x = torch.randn(shape["batch"], shape["steps"], shape["input"])
+        labels = torch.randint(0, shape.get("classes", 1), (shape["batch"],))
+        nets = {f"nn.{base.upper()}": TorchRNN(base, shape["input"], shape["hidden"]),
+                "our dense loop": our_dense_loop(base, shape["input"], shape["hidden"]),
+                **{fmt: factorized(fmt, base, shape) for fmt in FACTORIZED}}
+        steps = {}
+        for k, net in nets.items():
+            head = nn.Linear(shape["hidden"], shape["classes"]) if "classes" in shape else None
+            params = list(net.parameters()) + ([] if head is None else list(head.parameters()))
+            steps[k] = step_fn(net, adam(params, not k.startswith("nn.")), x, head, labels)
         times = {(k, m): [] for k in steps for m in ("system", "keep")}
         faults = dict.fromkeys(times, 0)
         for r in range(args.rounds):
@@ -47,7 +58,7 @@ def main() -> None:
                     faults[(k, mode)] += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
         med = {key: statistics.median(v) * 1e3 for key, v in times.items()}
         ref = f"nn.{base.upper()}"
-        print(f"\n{base}: ms per step (median of {args.rounds}), minor faults per step, speed vs {ref}")
+        print(f"\n{args.shape}, {base}: ms per step (median of {args.rounds}), minor faults per step, speed vs {ref}")
         print(f"| case | system ms | system faults | vs {ref} | keep ms | keep faults | vs {ref} | keep speed-up |")
         print("|---|---|---|---|---|---|---|---|")
         for k in steps:
