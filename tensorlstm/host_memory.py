@@ -1,10 +1,11 @@
 """How the process's C allocator treats freed host memory (``cell.host_memory``).
 
 A training step on a CPU allocates and frees tens of MB of temporaries (gate activations, the input map's output and
-its gradient, the recurrent weight's gradient). glibc hands every block above its mmap threshold back to the OS
-when it is freed, and trims the top of the heap past 128 KB, so the next step takes those pages again as page
-faults and zero-fills them: 10,000-22,000 minor faults per step of a factorized GRU or of torch.nn.LSTM at the
-sequence shape of `tlstm bench` (B32 x T100, 256 -> 512), several percent of the step.
+its gradient, the weight gradients and the optimizer's work). glibc hands every block above its mmap threshold
+(dynamic, at most 32 MB) back to the OS when it is freed, and trims the top of the heap, so the next step takes
+those pages again as page faults and zero-fills them: 17,000-24,000 minor faults per step of a factorized cell or
+of torch.nn.LSTM at the sequence shape of `tlstm bench` (B32 x T100, 256 -> 512), 338,000 for torch.nn.LSTM + Adam
+at its UCF11 shape (57,600 -> 256), which keeping the memory makes 2.4x faster (scripts/bench_host_memory.py).
 
 ``keep`` makes glibc keep freed memory in the process for the next allocation, as torch's caching allocator does
 for CUDA memory: no mmap for large blocks, no trimming. The process's resident memory then stays at its peak
