@@ -17,9 +17,8 @@ import statistics
 import time
 
 import torch
-from torch import nn
 
-from tensorlstm.bench import FACTORIZED, SEQ, UCF, TorchRNN, adam, factorized, our_dense_loop, step_fn
+from tensorlstm.bench import FACTORIZED, SEQ, UCF, TorchRNN, factorized, our_dense_loop, step_inputs, training_step
 from tensorlstm.host_memory import tune_glibc
 
 
@@ -34,17 +33,11 @@ def main() -> None:
         raise SystemExit("bench_host_memory: needs glibc's mallopt (Linux)")
     shape = SEQ if args.shape == "sequence" else UCF
     for base in args.bases.split(","):
-        torch.manual_seed(0)
-        x = torch.randn(shape["batch"], shape["steps"], shape["input"])
-        labels = torch.randint(0, shape.get("classes", 1), (shape["batch"],))
+        x, labels = step_inputs(shape, torch.device("cpu"))
         nets = {f"nn.{base.upper()}": TorchRNN(base, shape["input"], shape["hidden"]),
                 "our dense loop": our_dense_loop(base, shape["input"], shape["hidden"]),
                 **{fmt: factorized(fmt, base, shape) for fmt in FACTORIZED}}
-        steps = {}
-        for k, net in nets.items():
-            head = nn.Linear(shape["hidden"], shape["classes"]) if "classes" in shape else None
-            params = list(net.parameters()) + ([] if head is None else list(head.parameters()))
-            steps[k] = step_fn(net, adam(params, not k.startswith("nn.")), x, head, labels)
+        steps = {k: training_step(net, shape, x, labels, fused=not k.startswith("nn.")) for k, net in nets.items()}
         times = {(k, m): [] for k in steps for m in ("system", "keep")}
         faults = dict.fromkeys(times, 0)
         for r in range(args.rounds):

@@ -155,6 +155,23 @@ def step_fn(net: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, head: n
     return step
 
 
+def step_inputs(shape: dict, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The section's batch (B, T, input) and class labels (used where the shape has a classification head)."""
+    torch.manual_seed(0)
+    x = torch.randn(shape["batch"], shape["steps"], shape["input"], device=device)
+    labels = torch.randint(0, shape.get("classes", 1), (shape["batch"],), device=device)
+    return x, labels
+
+
+def training_step(net: nn.Module, shape: dict, x: torch.Tensor, labels: torch.Tensor,
+                  fused: bool) -> Callable[[], None]:
+    """One training step of `net` at `shape`: the Linear head on the last output where the shape has classes
+    (else the mean square of the outputs), Adam (fused or torch's default) over the net and the head."""
+    head = nn.Linear(shape["hidden"], shape["classes"]).to(x.device) if "classes" in shape else None
+    params = list(net.parameters()) + ([] if head is None else list(head.parameters()))
+    return step_fn(net, adam(params, fused), x, head, labels)
+
+
 def bench_steps(section: str, shape: dict, bases: list[str], quick: bool, device, timer, rounds: int,
                 notes: list[str]) -> list[dict]:
     rows = []
@@ -165,9 +182,7 @@ def bench_steps(section: str, shape: dict, bases: list[str], quick: bool, device
 
 def _bench_base(section: str, shape: dict, base: str, device, timer, rounds: int) -> list[dict]:
     rows = []
-    torch.manual_seed(0)
-    x = torch.randn(shape["batch"], shape["steps"], shape["input"], device=device)
-    labels = torch.randint(0, shape.get("classes", 1), (shape["batch"],), device=device)
+    x, labels = step_inputs(shape, device)
     builders: dict[str, tuple[str, Callable[[], nn.Module], bool]] = {}
     tname = f"nn.{base.upper()}"
     builders[f"{tname} + Adam"] = ("user", lambda: TorchRNN(base, shape["input"], shape["hidden"]), False)
@@ -185,9 +200,7 @@ def _bench_base(section: str, shape: dict, base: str, device, timer, rounds: int
     for name, (kind, make, fused) in builders.items():
         torch.manual_seed(0)
         net = make().to(device)
-        head = nn.Linear(shape["hidden"], shape["classes"]).to(device) if "classes" in shape else None
-        ps = list(net.parameters()) + ([] if head is None else list(head.parameters()))
-        cases[name] = step_fn(net, adam(ps, fused), x, head, labels)
+        cases[name] = training_step(net, shape, x, labels, fused)
         kinds[name] = kind
         params[name] = sum(p.numel() for p in net.parameters())
     times = interleave(cases, rounds, timer)

@@ -10,6 +10,7 @@ import sys
 import pytest
 from conftest import ROOT
 
+from tensorlstm.engine.checkpoint import config_differences, resume_pins
 from tensorlstm.errors import UserError
 from tensorlstm.host_memory import set_host_memory
 
@@ -54,8 +55,6 @@ def test_an_unknown_mode_is_a_user_error():
 def test_a_run_resumes_under_either_mode_and_an_older_run_takes_todays():
     """host_memory changes no number: a resume may switch it, and a run saved before the key existed is neither
     refused nor pinned to its old behaviour ('system')."""
-    from tensorlstm.engine.checkpoint import config_differences, resume_pins
-
     old = {"cell": {"name": "tt", "format": "tt", "rank": 4}, "trainer": {"max_steps": 10}}
     today = {"cell": {"name": "tt", "format": "tt", "rank": 4, "host_memory": "keep"}, "trainer": {"max_steps": 10}}
     assert config_differences(old, today) == []
