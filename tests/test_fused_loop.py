@@ -1,6 +1,6 @@
-"""The whole-sequence LSTM/GRU node (cells/fused_loop.py): gradcheck of its hand-written backward, equality
-with the general autograd loop (outputs, final state, every gradient) and with torch.nn, and the oneDNN
-step product against a plain matmul."""
+"""The whole-sequence LSTM/GRU node (cells/fused_loop.py): gradcheck of its hand-written backward with either gate
+kernels (torch ops, and the compiled cells/gates.cpp), equality with the general autograd loop (outputs, final
+state, every gradient) and with torch.nn, and the oneDNN step product against a plain matmul."""
 
 from __future__ import annotations
 
@@ -8,12 +8,13 @@ import pytest
 import torch
 from torch import nn
 
-from tensorlstm.cells import build_cell
+from tensorlstm.cells import build_cell, native_gates
 from tensorlstm.cells.fused_loop import (
     GRUBeforeSequence,
     GRUSequence,
     LSTMSequence,
     StepMatmul,
+    TorchGates,
     alive_mask,
 )
 from tensorlstm.cells.recurrent import RecurrentLayer, StackedRecurrent
@@ -30,46 +31,62 @@ def _general(net: StackedRecurrent) -> StackedRecurrent:
 
 
 LENGTHS = torch.tensor([4, 1, 3])  # B = 3 sequences of T = 4 steps: one full, two that end early
+GATES = ["torch", "native"]
+
+
+def _kernels(gates: str, like: torch.Tensor):
+    """TorchGates, or the compiled kernels for `like` (the test skips where they do not build here)."""
+    if gates == "torch":
+        return TorchGates
+    if not native_gates.available():
+        pytest.skip("cells/gates.cpp does not build here (no C++ compiler?)")
+    return native_gates.kernels(like)
 
 
 @pytest.mark.parametrize("masked", [False, True])
 @pytest.mark.parametrize("lengths", [None, LENGTHS])
-def test_lstm_sequence_gradcheck(masked, lengths):
+@pytest.mark.parametrize("gates", GATES)
+def test_lstm_sequence_gradcheck(masked, lengths, gates):
     g = torch.Generator().manual_seed(0)
     T, B, H = 4, 3, 2
     xw = torch.randn(T, B, 4 * H, generator=g, dtype=torch.float64, requires_grad=True)
-    args = [xw, (0.5 * torch.randn(H, 4 * H, generator=g, dtype=torch.float64)).requires_grad_(),
+    args = [xw, torch.randn(4 * H, generator=g, dtype=torch.float64, requires_grad=True),
+            (0.5 * torch.randn(H, 4 * H, generator=g, dtype=torch.float64)).requires_grad_(),
             torch.randn(B, H, generator=g, dtype=torch.float64, requires_grad=True),
             torch.randn(B, H, generator=g, dtype=torch.float64, requires_grad=True),
             torch.rand(B, H, generator=g, dtype=torch.float64) * 2 if masked else None,
-            None if lengths is None else alive_mask(lengths, T, xw)]
+            None if lengths is None else alive_mask(lengths, T, xw), _kernels(gates, xw)]
     assert torch.autograd.gradcheck(LSTMSequence.apply, args)
 
 
 @pytest.mark.parametrize("masked", [False, True])
 @pytest.mark.parametrize("lengths", [None, LENGTHS])
-def test_gru_sequence_gradcheck(masked, lengths):
+@pytest.mark.parametrize("gates", GATES)
+def test_gru_sequence_gradcheck(masked, lengths, gates):
     g = torch.Generator().manual_seed(1)
     T, B, H = 4, 3, 2
     xw = torch.randn(T, B, 3 * H, generator=g, dtype=torch.float64, requires_grad=True)
-    args = [xw, (0.5 * torch.randn(H, 3 * H, generator=g, dtype=torch.float64)).requires_grad_(),
+    args = [xw, torch.randn(3 * H, generator=g, dtype=torch.float64, requires_grad=True),
+            (0.5 * torch.randn(H, 3 * H, generator=g, dtype=torch.float64)).requires_grad_(),
             torch.randn(3 * H, generator=g, dtype=torch.float64, requires_grad=True),
             torch.randn(B, H, generator=g, dtype=torch.float64, requires_grad=True),
             torch.rand(B, H, generator=g, dtype=torch.float64) * 2 if masked else None,
-            None if lengths is None else alive_mask(lengths, T, xw)]
+            None if lengths is None else alive_mask(lengths, T, xw), _kernels(gates, xw)]
     assert torch.autograd.gradcheck(GRUSequence.apply, args)
 
 
 @pytest.mark.parametrize("masked", [False, True])
 @pytest.mark.parametrize("lengths", [None, LENGTHS])
-def test_gru_reset_before_sequence_gradcheck(masked, lengths):
+@pytest.mark.parametrize("gates", GATES)
+def test_gru_reset_before_sequence_gradcheck(masked, lengths, gates):
     g = torch.Generator().manual_seed(2)
     T, B, H = 4, 3, 2
     xw = torch.randn(T, B, 3 * H, generator=g, dtype=torch.float64, requires_grad=True)
-    args = [xw, (0.5 * torch.randn(H, 3 * H, generator=g, dtype=torch.float64)).requires_grad_(),
+    args = [xw, torch.randn(3 * H, generator=g, dtype=torch.float64, requires_grad=True),
+            (0.5 * torch.randn(H, 3 * H, generator=g, dtype=torch.float64)).requires_grad_(),
             torch.randn(B, H, generator=g, dtype=torch.float64, requires_grad=True),
             torch.rand(B, H, generator=g, dtype=torch.float64) * 2 if masked else None,
-            None if lengths is None else alive_mask(lengths, T, xw)]
+            None if lengths is None else alive_mask(lengths, T, xw), _kernels(gates, xw)]
     assert torch.autograd.gradcheck(GRUBeforeSequence.apply, args)
 
 
@@ -78,7 +95,8 @@ def _net(name: str, base: str, **kw) -> StackedRecurrent:
         G = 4 if base == "lstm" else 3
         return StackedRecurrent([RecurrentLayer(base, build_map("dense", [6 if i == 0 else 4], [G * 4]), 4,
                                                 recurrent_dropout=kw.get("recurrent_dropout", 0.0),
-                                                reset_after=kw.get("reset_after", True))
+                                                reset_after=kw.get("reset_after", True),
+                                                gate_kernels=kw.get("gates", "native"))
                                  for i in range(2)], {})
     return build_cell(cell_config(name, base=base, rank=2, d=2, layers=2, **kw), 6, 4)
 
@@ -88,10 +106,14 @@ def _net(name: str, base: str, **kw) -> StackedRecurrent:
                                   ("tt", {"factorize_hidden": True}), ("tt", {"reset_after": False})])
 @pytest.mark.parametrize("base", ["lstm", "gru"])
 @pytest.mark.parametrize("lengths", [None, torch.tensor([5, 2, 4])])
-def test_fused_equals_general_loop(base, case, lengths):
+@pytest.mark.parametrize("gates", GATES)
+def test_fused_equals_general_loop(base, case, lengths, gates):
     """Outputs, final states and every gradient (weights and initial state), also with variable lengths (a
-    finished sequence outputs zeros and keeps its last state)."""
+    finished sequence outputs zeros and keeps its last state), with either gate kernels."""
     name, kw = case
+    kw = {**kw, "gates": gates}
+    if gates == "native":
+        _kernels(gates, torch.zeros(1))
     torch.manual_seed(3)
     fast = _net(name, base, **kw).double().train()
     slow = _general(_net(name, base, **kw).double().train())

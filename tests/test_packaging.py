@@ -1,4 +1,5 @@
-"""The package installs as a wheel: `configs/` travels inside it and an installed `tlstm` runs from any folder."""
+"""The package installs as a wheel: `configs/` and the gate kernels' C++ source travel inside it and an installed
+`tlstm` runs from any folder."""
 
 from __future__ import annotations
 
@@ -41,6 +42,7 @@ def test_wheel_carries_every_config_unchanged(wheel):
         packaged = {n.removeprefix("tensorlstm/conf/"): z.read(n) for n in z.namelist()
                     if n.startswith("tensorlstm/conf/") and n.endswith(".yaml")}
         modules = {n for n in z.namelist() if n.endswith(".py")}
+        assert z.read("tensorlstm/cells/gates.cpp") == (ROOT / "tensorlstm/cells/gates.cpp").read_bytes()
     assert packaged == configs
     assert {f"tensorlstm/{p.relative_to(ROOT / 'tensorlstm').as_posix()}"
             for p in (ROOT / "tensorlstm").rglob("*.py")} <= modules  # every subpackage is shipped

@@ -13,6 +13,10 @@ plain torch ops are used, so it runs on any device. The layer uses it for sigmoi
 (LSTM, reset-after and reset-before GRU, with or without lengths); hard_sigmoid gates and autocast take the
 general autograd loop.
 
+The elementwise part of each step is a "gate kernel" (forward and backward, one per cell form) of a `gates` object:
+`native_gates.Kernels` (gates.cpp compiled for this machine: one pass per step on a CPU in float32 / float64,
+``cell.gates=native``) or `TorchGates` below (the same formulas in torch ops: any device and dtype).
+
 Inputs (all per layer): xw (T, B, G) the projected inputs with the bias folded in; U (H, G); the initial
 state; an optional recurrent-dropout mask (B, H) applied to h_{t-1} before U; for the reset-after GRU the
 recurrent-side bias ``bias_hu`` = [0, 0, b_hn] (G,) added inside h U; an optional ``alive`` (T, B, 1) mask
@@ -79,14 +83,125 @@ def _hold(alive: torch.Tensor, t: int, new: torch.Tensor, old: torch.Tensor, out
     return torch.where(alive[t].bool(), new, old, out=out)
 
 
-class LSTMSequence(torch.autograd.Function):
-    """(xw, U, h0, c0, mask, alive) -> (ys (B, T, H), h_T, c_T); gate order i, f, g, o as in torch.nn.LSTM.
-
-    ``alive`` (T, B, 1) or None (every sequence runs all T steps): variable lengths as in the general loop, where
-    a finished sequence outputs zeros and keeps its last state (h_T, c_T are each sequence's last state)."""
+class TorchGates:
+    """gates.cpp's kernels in torch ops, with the same operands (see there): the path on a GPU, in other dtypes,
+    without a C++ compiler and under ``cell.gates=torch``."""
 
     @staticmethod
-    def forward(ctx, xw, U, h0, c0, mask, alive=None):  # noqa: D102
+    def lstm_forward(H, a, bias, c_prev, c, tc, h) -> None:  # noqa: D102
+        if bias is not None:
+            a.add_(bias)
+        # one sigmoid over all gates; g = tanh(x) = 2 sigmoid(2x) - 1 (torch's tanh costs ~4 sigmoids here)
+        g = a[:, 2 * H : 3 * H]
+        g.mul_(2.0)
+        a.sigmoid_()
+        g.mul_(2.0).sub_(1.0)
+        # c = f * c + i * g, h = o * tanh(c): the order of RecurrentLayer.cell
+        torch.mul(a[:, H : 2 * H], c_prev, out=c)
+        c.addcmul_(a[:, :H], g)
+        torch.mul(c, 2.0, out=tc).sigmoid_().mul_(2.0).sub_(1.0)
+        torch.mul(a[:, 3 * H :], tc, out=h)
+
+    @staticmethod
+    def lstm_backward(H, dh, dc, a, c_prev, tc, da) -> None:  # noqa: D102
+        i, f, g, o = a[:, :H], a[:, H : 2 * H], a[:, 2 * H : 3 * H], a[:, 3 * H :]
+        tmp = dh.new_empty(dh.shape[0], 2 * H)
+        # o: dh * tanh(c) through the sigmoid; c: dc += dh * o through the tanh
+        torch.mul(dh, tc, out=tmp[:, :H])
+        _sig_bwd(tmp[:, :H], o, grad_input=da[:, 3 * H :])
+        torch.mul(dh, o, out=tmp[:, :H])
+        dc.add_(_tanh_bwd(tmp[:, :H], tc))
+        # i and f in one sigmoid_backward: (dc * g, dc * c_{t-1})
+        torch.mul(dc, g, out=tmp[:, :H])
+        torch.mul(dc, c_prev, out=tmp[:, H:])
+        _sig_bwd(tmp, a[:, : 2 * H], grad_input=da[:, : 2 * H])
+        torch.mul(dc, i, out=tmp[:, :H])
+        _tanh_bwd(tmp[:, :H], g, grad_input=da[:, 2 * H : 3 * H])
+        dc.mul_(f)
+
+    @staticmethod
+    def gru_forward(H, xw, bias, hu, h_prev, a, h) -> None:  # noqa: D102
+        if bias is not None:
+            xw = xw + bias
+        torch.add(xw[:, : 2 * H], hu[:, : 2 * H], out=a[:, : 2 * H]).sigmoid_()
+        # n = tanh(xw_n + r * hu_n), as 2 sigmoid(2x) - 1 (see lstm_forward)
+        torch.addcmul(xw[:, 2 * H :], a[:, :H], hu[:, 2 * H :], out=a[:, 2 * H :])
+        a[:, 2 * H :].mul_(2.0).sigmoid_().mul_(2.0).sub_(1.0)
+        torch.lerp(a[:, 2 * H :], h_prev, a[:, H : 2 * H], out=h)
+
+    @staticmethod
+    def gru_backward(H, dh, a, hu, h_prev, g, dhu, dn, carry) -> None:  # noqa: D102
+        r, z, n = a[:, :H], a[:, H : 2 * H], a[:, 2 * H :]
+        tmp = torch.empty_like(dn)
+        # z: dh * (h_{t-1} - n); n: dh * (1 - z)
+        torch.sub(h_prev, n, out=tmp).mul_(dh)
+        _sig_bwd(tmp, z, grad_input=dhu[:, H : 2 * H])
+        torch.addcmul(dh, dh, z, value=-1, out=tmp)
+        _tanh_bwd(tmp, n, grad_input=dn)
+        # r: dn * hu_n; hu_n: dn * r
+        torch.mul(dn, hu[:, 2 * H :], out=tmp)
+        _sig_bwd(tmp, r, grad_input=dhu[:, :H])
+        torch.mul(dn, r, out=dhu[:, 2 * H :])
+        torch.mul(dh, z, out=carry)
+        if g is not None:
+            carry.add_(g)
+
+    @staticmethod
+    def gru_before_rz(H, rz, hd, rh) -> None:  # noqa: D102
+        rz.sigmoid_()
+        torch.mul(rz[:, :H], hd, out=rh)
+
+    @staticmethod
+    def gru_before_n(H, n, h_prev, z, h) -> None:  # noqa: D102
+        n.mul_(2.0).sigmoid_().mul_(2.0).sub_(1.0)  # tanh as 2 sigmoid(2x) - 1 (see lstm_forward)
+        torch.lerp(n, h_prev, z, out=h)
+
+    @staticmethod
+    def gru_before_backward_n(H, dh, z, n, h_prev, dz, dn) -> None:  # noqa: D102
+        tmp = torch.empty_like(dn)
+        torch.sub(h_prev, n, out=tmp).mul_(dh)
+        _sig_bwd(tmp, z, grad_input=dz)
+        torch.addcmul(dh, dh, z, value=-1, out=tmp)
+        _tanh_bwd(tmp, n, grad_input=dn)
+
+    @staticmethod
+    def gru_before_backward_r(H, drh, hd, r, dr, dh, z, g, carry) -> None:  # noqa: D102
+        tmp = torch.empty_like(drh)
+        torch.mul(drh, hd, out=tmp)
+        _sig_bwd(tmp, r, grad_input=dr)
+        if carry is not None:
+            torch.mul(drh, r, out=carry).addcmul_(dh, z)
+            if g is not None:
+                carry.add_(g)
+
+
+def _gates(gates, xw: torch.Tensor, bias: torch.Tensor | None, *state: torch.Tensor):
+    """(kernels, xw, the bias operand of the forward kernels, *state): the native kernels add the bias inside the
+    step (a row-stride-0 operand) and read rows with contiguous columns; TorchGates (also where `gates` is None)
+    gets the bias added to all steps at once, in one op."""
+    if gates is None or gates is TorchGates:
+        return (TorchGates, xw if bias is None else xw + bias, None, *state)
+    B, G = xw.shape[1], xw.shape[2]
+    step_bias = None if bias is None else bias.contiguous().expand(B, G)
+    return (gates, xw.contiguous(), step_bias, *(t.contiguous() for t in state))
+
+
+def _bias_grad(needed: bool, dxw: torch.Tensor) -> torch.Tensor | None:
+    """dL/d(bias): the sum of dL/dxw over all steps and rows."""
+    return dxw.reshape(-1, dxw.shape[-1]).sum(0) if needed else None
+
+
+class LSTMSequence(torch.autograd.Function):
+    """(xw, bias, U, h0, c0, mask, alive, gates) -> (ys (B, T, H), h_T, c_T); gate order i, f, g, o as in torch.nn.LSTM;
+    xw = x W for all steps, the bias (G,) or None added inside the loop.
+
+    ``alive`` (T, B, 1) or None (every sequence runs all T steps): variable lengths as in the general loop, where
+    a finished sequence outputs zeros and keeps its last state (h_T, c_T are each sequence's last state).
+    ``gates``: the gate kernels (see the module's docstring; None: TorchGates)."""
+
+    @staticmethod
+    def forward(ctx, xw, bias, U, h0, c0, mask, alive=None, gates=None):  # noqa: D102
+        k, xw, step_bias, h0, c0 = _gates(gates, xw, bias, h0, c0)
         T, B, G = xw.shape
         H = G // 4
         acts = []  # activated gates per step (B, G)
@@ -102,64 +217,42 @@ class LSTMSequence(torch.autograd.Function):
         for t in range(T):
             a = hU(h if mask is None else h * mask, xw[t])
             acts.append(a)
-            # one sigmoid over all gates; g = tanh(x) = 2 sigmoid(2x) - 1 (torch's tanh costs ~4 sigmoids here)
-            g = a[:, 2 * H : 3 * H]
-            g.mul_(2.0)
-            a.sigmoid_()
-            g.mul_(2.0).sub_(1.0)
-            # c = f * c + i * g, h = o * tanh(c): the order of RecurrentLayer.cell
-            torch.mul(a[:, H : 2 * H], c, out=cs[t])
-            cs[t].addcmul_(a[:, :H], g)
-            torch.mul(cs[t], 2.0, out=tcs[t]).sigmoid_().mul_(2.0).sub_(1.0)
-            torch.mul(a[:, 3 * H :], tcs[t], out=ys[:, t])
+            k.lstm_forward(H, a, step_bias, c, cs[t], tcs[t], ys[:, t])
             if alive is None:
                 h, c = ys[:, t], cs[t]
             else:
                 h, c = _hold(alive, t, ys[:, t], h, hst[t]), _hold(alive, t, cs[t], c, cst[t])
                 ys[:, t].mul_(alive[t])  # a finished sequence outputs zeros
         ctx.save_for_backward(cs, tcs, ys, U, h0, c0, mask, alive, hst, cst)
-        ctx.acts = acts  # internal tensors, never handed out
+        ctx.acts, ctx.gates = acts, k  # internal tensors, never handed out
         return ys, h.clone(), c.clone()
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, gys, gh, gc):  # noqa: D102
         cs, tcs, ys, U, h0, c0, mask, alive, hst, cst = ctx.saved_tensors
-        acts = ctx.acts
+        acts, k = ctx.acts, ctx.gates
         T, B, H = cs.shape
         G = 4 * H
         # time-major and contiguous: each step's dL/dh_t is added inside the step product, which reads a strided
         # (B, H) slice of the batch-first gradient ~7% slower than a contiguous slab (one copy here)
         gys = _time_major(gys, ys)
         da_all = cs.new_empty(T, B, G)  # dL/d(pre-activation gates) = dL/dxw
-        tmp = cs.new_empty(B, 2 * H)
         dU = StepMatmul(U.t(), B)  # da -> da @ U^T
         if alive is None:
-            dc = _zeros_if_none(gc, c0).clone()
+            dc = _zeros_if_none(gc, c0).clone(memory_format=torch.contiguous_format)
             dh = gys[T - 1] if gh is None else gys[T - 1] + gh
         else:  # dH, dC: gradients of the carried state after step t
-            dH, dC = _zeros_if_none(gh, h0), _zeros_if_none(gc, c0)
+            dH, dC = _zeros_if_none(gh, h0).contiguous(), _zeros_if_none(gc, c0).contiguous()
         for t in range(T - 1, -1, -1):
             a, da = acts[t], da_all[t]
-            i, f, g, o = a[:, :H], a[:, H : 2 * H], a[:, 2 * H : 3 * H], a[:, 3 * H :]
             if alive is None:
                 c_prev = cs[t - 1] if t > 0 else c0
             else:  # the step's own h and c get the gradient only while the sequence runs
                 c_prev = cst[t - 1] if t > 0 else c0
                 dh = (gys[t] + dH).mul_(alive[t])
                 dc = dC * alive[t]
-            # o: dh * tanh(c) through the sigmoid; c: dc += dh * o through the tanh
-            torch.mul(dh, tcs[t], out=tmp[:, :H])
-            _sig_bwd(tmp[:, :H], o, grad_input=da[:, 3 * H :])
-            torch.mul(dh, o, out=tmp[:, :H])
-            dc.add_(_tanh_bwd(tmp[:, :H], tcs[t]))
-            # i and f in one sigmoid_backward: (dc * g, dc * c_{t-1})
-            torch.mul(dc, g, out=tmp[:, :H])
-            torch.mul(dc, c_prev, out=tmp[:, H:])
-            _sig_bwd(tmp, a[:, : 2 * H], grad_input=da[:, : 2 * H])
-            torch.mul(dc, i, out=tmp[:, :H])
-            _tanh_bwd(tmp[:, :H], g, grad_input=da[:, 2 * H : 3 * H])
-            dc.mul_(f)
+            k.lstm_backward(H, dh, dc, a, c_prev, tcs[t], da)  # da; dc becomes dL/dc_{t-1} through f
             if alive is not None:  # a finished sequence hands its state's gradient on unchanged
                 held = 1.0 - alive[t]
                 dC = dc.addcmul_(dC, held)
@@ -171,7 +264,7 @@ class LSTMSequence(torch.autograd.Function):
             else:
                 dh = dU(da) if mask is None else dU(da) * mask
         gU = None
-        if ctx.needs_input_grad[1]:
+        if ctx.needs_input_grad[2]:
             prev = ys[:, :-1].transpose(0, 1) if alive is None else hst[:-1]
             hs = torch.cat([h0.unsqueeze(0), prev])  # (T, B, H), the rows of da
             if mask is not None:
@@ -179,16 +272,20 @@ class LSTMSequence(torch.autograd.Function):
             gU = hs.reshape(-1, H).t() @ da_all.reshape(-1, G)
         if alive is not None:
             dh, dc = dH, dC
-        return da_all, gU, dh, dc, None, None
+        return da_all, _bias_grad(ctx.needs_input_grad[1], da_all), gU, dh, dc, None, None, None
+
+
 class GRUSequence(torch.autograd.Function):
-    """Reset-after GRU (torch.nn.GRU's form): (xw, U, bias_hu, h0, mask, alive) -> (ys (B, T, H), h_T); gates r, z, n.
+    """Reset-after GRU (torch.nn.GRU's form): (xw, bias, U, bias_hu, h0, mask, alive, gates) -> (ys (B, T, H), h_T);
+    gates r, z, n.
 
     hu = h U + [0, 0, b_hn]; r, z = sigmoid(xw_rz + hu_rz); n = tanh(xw_n + r * hu_n); h' = lerp(n, h, z).
-    ``alive``: variable lengths, as in LSTMSequence.
+    ``alive``, ``gates``: as in LSTMSequence.
     """
 
     @staticmethod
-    def forward(ctx, xw, U, bias_hu, h0, mask, alive=None):  # noqa: D102
+    def forward(ctx, xw, bias, U, bias_hu, h0, mask, alive=None, gates=None):  # noqa: D102
+        k, xw, step_bias, h0 = _gates(gates, xw, bias, h0)
         T, B, G = xw.shape
         H = G // 3
         hus = []  # h U + bias_hu per step
@@ -199,95 +296,82 @@ class GRUSequence(torch.autograd.Function):
         hU = StepMatmul(U, B)
         bias = bias_hu.expand(B, G)
         for t in range(T):
-            a = acts[t]
             hu = hU(h if mask is None else h * mask, bias)
             hus.append(hu)
-            torch.add(xw[t, :, : 2 * H], hu[:, : 2 * H], out=a[:, : 2 * H]).sigmoid_()
-            # n = tanh(xw_n + r * hu_n), as 2 sigmoid(2x) - 1 (see LSTMSequence)
-            torch.addcmul(xw[t, :, 2 * H :], a[:, :H], hu[:, 2 * H :], out=a[:, 2 * H :])
-            a[:, 2 * H :].mul_(2.0).sigmoid_().mul_(2.0).sub_(1.0)
-            torch.lerp(a[:, 2 * H :], h, a[:, H : 2 * H], out=ys[:, t])
+            k.gru_forward(H, xw[t], step_bias, hu, h, acts[t], ys[:, t])
             if alive is None:
                 h = ys[:, t]
             else:
                 h = _hold(alive, t, ys[:, t], h, hst[t])
                 ys[:, t].mul_(alive[t])
         ctx.save_for_backward(acts, ys, U, h0, mask, alive, hst)
-        ctx.hus = hus  # internal tensors, never handed out
+        ctx.hus, ctx.gates = hus, k  # internal tensors, never handed out
         return ys, h.clone()
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, gys, gh):  # noqa: D102
         acts, ys, U, h0, mask, alive, hst = ctx.saved_tensors
-        hus = ctx.hus
+        hus, k = ctx.hus, ctx.gates
         T, B, G = acts.shape
         H = G // 3
         dhu_all = torch.empty_like(acts)  # dL/d(h U + bias_hu)
         dn_all = acts.new_empty(T, B, H)  # dL/d(n pre-activation) = dL/dxw_n
-        tmp = acts.new_empty(B, H)
+        carry = acts.new_empty(B, H)  # dh z (+ g_{t-1}): the part of dL/dh_{t-1} beside the step product
         gys = _time_major(gys, ys)
         if alive is None:
             dh = gys[T - 1] if gh is None else gys[T - 1] + gh
         else:
-            dH = _zeros_if_none(gh, h0)  # gradient of the carried state after step t
+            dH = _zeros_if_none(gh, h0).contiguous()  # gradient of the carried state after step t
         dU = StepMatmul(U.t(), B)
         for t in range(T - 1, -1, -1):
-            a, dhu, dn = acts[t], dhu_all[t], dn_all[t]
-            r, z, n = a[:, :H], a[:, H : 2 * H], a[:, 2 * H :]
             if alive is None:
                 h_prev = ys[:, t - 1] if t > 0 else h0
             else:
                 h_prev = hst[t - 1] if t > 0 else h0
                 dh = (gys[t] + dH).mul_(alive[t])
-            # z: dh * (h_{t-1} - n); n: dh * (1 - z)
-            torch.sub(h_prev, n, out=tmp).mul_(dh)
-            _sig_bwd(tmp, z, grad_input=dhu[:, H : 2 * H])
-            torch.addcmul(dh, dh, z, value=-1, out=tmp)
-            _tanh_bwd(tmp, n, grad_input=dn)
-            # r: dn * hu_n; hu_n: dn * r
-            torch.mul(dn, hus[t][:, 2 * H :], out=tmp)
-            _sig_bwd(tmp, r, grad_input=dhu[:, :H])
-            torch.mul(dn, r, out=dhu[:, 2 * H :])
-            if alive is not None:  # through the step, plus the held state's gradient where the sequence ended
-                d_hd = dU(dhu) if mask is None else dU(dhu).mul_(mask)
-                d_hd.addcmul_(dh, z)
-                dH = d_hd.addcmul_(dH, 1.0 - alive[t])
+            g_next = gys[t - 1] if alive is None and t > 0 else None
+            k.gru_backward(H, dh, acts[t], hus[t], h_prev, g_next, dhu_all[t], dn_all[t], carry)
+            if mask is None and alive is None:  # dL/dh_{t-1} = dhu U^T + carry in one product
+                dh = dU(dhu_all[t], carry)
                 continue
-            g_next = gys[t - 1] if t > 0 else None
-            if mask is None:  # dL/dh_{t-1} = g_{t-1} + dhu U^T + dh * z, the first sum inside the step product
-                d_hd = dU(dhu, g_next)
-                dh = d_hd.addcmul_(dh, z)
-            else:
-                d_hd = dU(dhu).mul_(mask)
-                d_hd.addcmul_(dh, z)
-                dh = d_hd if g_next is None else d_hd.add_(g_next)
+            d_hd = dU(dhu_all[t])
+            if mask is not None:
+                d_hd.mul_(mask)
+            d_hd.add_(carry)
+            if alive is None:
+                dh = d_hd
+            else:  # through the step, plus the held state's gradient where the sequence ended
+                dH = d_hd.addcmul_(dH, 1.0 - alive[t])
         if alive is not None:
             dh = dH
         dxw = torch.cat([dhu_all[..., : 2 * H], dn_all], dim=-1)
-        gU = gb = None
-        if ctx.needs_input_grad[1]:
+        gU = None
+        if ctx.needs_input_grad[2]:
             prev = ys[:, :-1].transpose(0, 1) if alive is None else hst[:-1]
             hs = torch.cat([h0.unsqueeze(0), prev])  # (T, B, H), the rows of da
             if mask is not None:
                 hs = hs * mask
             gU = hs.reshape(-1, H).t() @ dhu_all.reshape(-1, G)
-        if ctx.needs_input_grad[2]:
-            gb = dhu_all.reshape(-1, G).sum(0)
-        return dxw, gU, gb, dh, None, None
+        return (dxw, _bias_grad(ctx.needs_input_grad[1], dxw), gU, _bias_grad(ctx.needs_input_grad[3], dhu_all),
+                dh, None, None, None)
 
 
 class GRUBeforeSequence(torch.autograd.Function):
-    """Reset-before GRU (Cho et al. / Keras / Tjandra): (xw, U, h0, mask, alive) -> (ys (B, T, H), h_T).
+    """Reset-before GRU (Cho et al. / Keras / Tjandra): (xw, bias, U, h0, mask, alive, gates) -> (ys (B, T, H), h_T).
 
     r, z = sigmoid(xw_rz + h U_rz); n = tanh(xw_n + (r * h) U_n); h' = lerp(n, h, z): two step products, the
     second on r * h. dL/dU is formed after the loop as h^T d(rz) and (r h)^T dn over all steps at once."""
 
     @staticmethod
-    def forward(ctx, xw, U, h0, mask, alive=None):  # noqa: D102
+    def forward(ctx, xw, bias, U, h0, mask, alive=None, gates=None):  # noqa: D102
+        k, h0 = gates or TorchGates, h0.contiguous()  # the bias goes into the per-step slabs below
         T, B, G = xw.shape
         H = G // 3
-        xw_rz, xw_n = xw[..., : 2 * H].contiguous(), xw[..., 2 * H :].contiguous()  # contiguous per-step slabs
+        if bias is not None:  # added as the per-step slabs are made contiguous (one pass either way)
+            xw_rz, xw_n = xw[..., : 2 * H] + bias[: 2 * H], xw[..., 2 * H :] + bias[2 * H :]
+        else:
+            xw_rz, xw_n = xw[..., : 2 * H].contiguous(), xw[..., 2 * H :].contiguous()
         rzs, ns = [], []  # activated r, z (B, 2H) and n (B, H) per step
         rhs = xw.new_empty(T, B, H)  # r * h_{t-1} (masked), the left operand of U_n
         ys = xw.new_empty(B, T, H)
@@ -296,36 +380,36 @@ class GRUBeforeSequence(torch.autograd.Function):
         U_rz, U_n = StepMatmul(U[:, : 2 * H], B), StepMatmul(U[:, 2 * H :], B)
         for t in range(T):
             hd = h if mask is None else h * mask
-            rz = U_rz(hd, xw_rz[t]).sigmoid_()
+            rz = U_rz(hd, xw_rz[t])
+            k.gru_before_rz(H, rz, hd, rhs[t])
             rzs.append(rz)
-            torch.mul(rz[:, :H], hd, out=rhs[t])
-            # n = tanh(xw_n + (r h) U_n), as 2 sigmoid(2x) - 1 (see LSTMSequence)
-            n = U_n(rhs[t], xw_n[t]).mul_(2.0).sigmoid_().mul_(2.0).sub_(1.0)
+            n = U_n(rhs[t], xw_n[t])
+            k.gru_before_n(H, n, h, rz[:, H:], ys[:, t])
             ns.append(n)
-            torch.lerp(n, h, rz[:, H:], out=ys[:, t])
             if alive is None:
                 h = ys[:, t]
             else:
                 h = _hold(alive, t, ys[:, t], h, hst[t])
                 ys[:, t].mul_(alive[t])
         ctx.save_for_backward(rhs, ys, U, h0, mask, alive, hst)
-        ctx.rzs, ctx.ns = rzs, ns  # internal tensors, never handed out
+        ctx.rzs, ctx.ns, ctx.gates = rzs, ns, k  # internal tensors, never handed out
         return ys, h.clone()
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, gys, gh):  # noqa: D102
         rhs, ys, U, h0, mask, alive, hst = ctx.saved_tensors
-        rzs, ns = ctx.rzs, ctx.ns
+        rzs, ns, k = ctx.rzs, ctx.ns, ctx.gates
         T, B, H = rhs.shape
         drz_all = rhs.new_empty(T, B, 2 * H)  # dL/d(r, z pre-activations)
         dn_all = rhs.new_empty(T, B, H)  # dL/d(n pre-activation)
-        tmp = rhs.new_empty(B, H)
         gys = _time_major(gys, ys)
+        # without recurrent dropout or lengths, dL/dh_{t-1} = d(rz) U_rz^T + carry, carry = d(rh) r + dh z + g_{t-1}
+        carry = rhs.new_empty(B, H) if mask is None and alive is None else None
         if alive is None:
             dh = gys[T - 1] if gh is None else gys[T - 1] + gh
         else:
-            dH = _zeros_if_none(gh, h0)
+            dH = _zeros_if_none(gh, h0).contiguous()
         dU_rz, dU_n = StepMatmul(U[:, : 2 * H].t(), B), StepMatmul(U[:, 2 * H :].t(), B)
         for t in range(T - 1, -1, -1):
             rz, n, drz, dn = rzs[t], ns[t], drz_all[t], dn_all[t]
@@ -336,14 +420,12 @@ class GRUBeforeSequence(torch.autograd.Function):
                 h_prev = hst[t - 1] if t > 0 else h0
                 dh = (gys[t] + dH).mul_(alive[t])
             hd_prev = h_prev if mask is None else h_prev * mask
-            # z: dh * (h_{t-1} - n); n: dh * (1 - z)
-            torch.sub(h_prev, n, out=tmp).mul_(dh)
-            _sig_bwd(tmp, z, grad_input=drz[:, H:])
-            torch.addcmul(dh, dh, z, value=-1, out=tmp)
-            _tanh_bwd(tmp, n, grad_input=dn)
+            k.gru_before_backward_n(H, dh, z, n, h_prev, drz[:, H:], dn)
             d_rh = dU_n(dn)  # dL/d(r h_{t-1})
-            torch.mul(d_rh, hd_prev, out=tmp)
-            _sig_bwd(tmp, r, grad_input=drz[:, :H])
+            k.gru_before_backward_r(H, d_rh, hd_prev, r, drz[:, :H], dh, z, gys[t - 1] if t > 0 else None, carry)
+            if carry is not None:
+                dh = dU_rz(drz, carry)
+                continue
             # dL/dh_{t-1} = (d(rz) U_rz^T + d(rh) r) * mask + dh * z (+ g_{t-1})
             through = dU_rz(drz).addcmul_(d_rh, r)
             if mask is not None:
@@ -356,11 +438,12 @@ class GRUBeforeSequence(torch.autograd.Function):
         if alive is not None:
             dh = dH
         gU = None
-        if ctx.needs_input_grad[1]:
+        if ctx.needs_input_grad[2]:
             prev = ys[:, :-1].transpose(0, 1) if alive is None else hst[:-1]
             hs = torch.cat([h0.unsqueeze(0), prev])  # (T, B, H), the left operands of U_rz
             if mask is not None:
                 hs = hs * mask
             gU = torch.cat([hs.reshape(-1, H).t() @ drz_all.reshape(-1, 2 * H),
                             rhs.reshape(-1, H).t() @ dn_all.reshape(-1, H)], dim=1)
-        return torch.cat([drz_all, dn_all], dim=-1), gU, dh, None, None
+        dxw = torch.cat([drz_all, dn_all], dim=-1)
+        return dxw, _bias_grad(ctx.needs_input_grad[1], dxw), gU, dh, None, None, None

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from tensorlstm.cells import native_gates
 from tensorlstm.cells.base import RecurrentNet, State, select_state
 from tensorlstm.cells.fused_loop import GRUBeforeSequence, GRUSequence, LSTMSequence, alive_mask
 from tensorlstm.errors import UserError
@@ -59,8 +60,11 @@ class RecurrentLayer(nn.Module):
         recurrent_dropout: float = 0.0,
         gate_activation: str = "sigmoid",
         reset_after: bool = True,
+        gate_kernels: str = "native",
     ) -> None:
         super().__init__()
+        if gate_kernels not in native_gates.MODES:
+            raise UserError(f"unknown cell.gates {gate_kernels!r}; choose one of: {', '.join(native_gates.MODES)}")
         if base not in GATES:
             raise UserError(f"unknown cell base {base!r}; choose lstm or gru")
         if gate_activation not in ACTIVATIONS:
@@ -82,6 +86,7 @@ class RecurrentLayer(nn.Module):
         self.bias_hn = nn.Parameter(torch.zeros(hidden_size)) if self.reset_after else None
         self.dropout, self.recurrent_dropout = dropout, recurrent_dropout
         self.gate = ACTIVATIONS[gate_activation]
+        self.gate_kernels = gate_kernels  # cell.gates
 
     def _init_recurrent(self) -> None:
         """Orthogonal H x H block per gate, the usual recurrent init."""
@@ -98,11 +103,13 @@ class RecurrentLayer(nn.Module):
         z = torch.zeros(batch_size, self.hidden_size, device=device, dtype=dtype)
         return (z, z.clone()) if self.base == "lstm" else (z,)
 
-    def project(self, x: torch.Tensor, time_major: bool = False) -> torch.Tensor:
-        """Input projection of all rows at once: (..., I) -> (..., G*H), bias included. The dropout mask is drawn
-        batch-first (one per sequence); time_major turns (B, T, I) into (T, B, G*H)."""
+    def project(self, x: torch.Tensor, time_major: bool = False, bias: bool = True) -> torch.Tensor:
+        """Input projection of all rows at once: (..., I) -> (..., G*H), the bias included unless `bias` is False
+        (the fused loop adds it inside its steps). The dropout mask is drawn batch-first (one per sequence);
+        time_major turns (B, T, I) into (T, B, G*H)."""
         x = sequence_dropout(x, self.dropout, self.training)
-        return self.input_map(x.transpose(0, 1) if time_major else x) + self.bias
+        xw = self.input_map(x.transpose(0, 1) if time_major else x)
+        return xw + self.bias if bias else xw
 
     def cell(
         self, xw_t: torch.Tensor, state: tuple, U: torch.Tensor, h_mask, record: list | None = None,
@@ -155,16 +162,17 @@ class RecurrentLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, state: tuple | None = None, lengths: torch.Tensor | None = None):
         B, T = x.shape[:2]
+        fused = self._fused_loop(x)
         # one contraction for all rows, time-major (T, B, G): each step reads a contiguous slab and the
         # backward of unbind(0) is a contiguous cat
-        xw = self.project(x, time_major=True)
+        xw = self.project(x, time_major=True, bias=not fused)
         if state is None:
             state = self.init_state(B, x.device, xw.dtype)
         if T == 0:  # an empty sequence: no outputs, the state as it came in
             return xw.new_zeros(B, 0, self.hidden_size), state
         U = self.recurrent_weight()
         h_mask = self._h_mask(B, xw)
-        if self._fused_loop(lengths, xw):
+        if fused:
             return self._forward_fused(xw, U, state, h_mask, lengths)
         record = None
         if torch.is_grad_enabled() and U.requires_grad:
@@ -184,24 +192,21 @@ class RecurrentLayer(nn.Module):
             outputs.append(h)
         return torch.stack(outputs, dim=1), state
 
-    def _fused_loop(self, lengths, xw: torch.Tensor) -> bool:
+    def _fused_loop(self, x: torch.Tensor) -> bool:
         """The whole-sequence autograd nodes of fused_loop.py cover sigmoid gates, the LSTM and both GRU forms,
         with or without lengths, outside autocast (the general loop below handles the rest)."""
-        return (
-            self.gate is torch.sigmoid
-            and not torch.is_autocast_enabled(xw.device.type)
-            and xw.shape[0] > 0
-        )
+        return self.gate is torch.sigmoid and not torch.is_autocast_enabled(x.device.type) and x.shape[1] > 0
 
     def _forward_fused(self, xw: torch.Tensor, U: torch.Tensor, state: tuple, h_mask, lengths=None):
         alive = None if lengths is None else alive_mask(lengths, xw.shape[0], xw)
+        k = native_gates.kernels(xw) if self.gate_kernels == "native" else None  # None: torch ops
         if self.base == "lstm":
-            ys, h, c = LSTMSequence.apply(xw, U, state[0], state[1], h_mask, alive)
+            ys, h, c = LSTMSequence.apply(xw, self.bias, U, state[0], state[1], h_mask, alive, k)
             return ys, (h, c)
         if self.reset_after:
-            ys, h = GRUSequence.apply(xw, U, self._bias_hu(), state[0], h_mask, alive)
+            ys, h = GRUSequence.apply(xw, self.bias, U, self._bias_hu(), state[0], h_mask, alive, k)
         else:
-            ys, h = GRUBeforeSequence.apply(xw, U, state[0], h_mask, alive)
+            ys, h = GRUBeforeSequence.apply(xw, self.bias, U, state[0], h_mask, alive, k)
         return ys, (h,)
 
     def step(self, x_t: torch.Tensor, state: tuple | None) -> tuple[torch.Tensor, tuple]:
@@ -407,6 +412,7 @@ def build_recurrent(cfg: dict, input_size: int, hidden_size: int, in_modes=None,
     activation = cfg["gate_activation"]
     factorize_hidden = bool(cfg["factorize_hidden"])
     reset_after = bool(cfg["reset_after"])
+    gates = cfg["gates"]  # configs saved before the key get gates=torch from engine.checkpoint.upgrade_config
     G = GATES[base]
     info = {"base": base, "format": fmt, "hidden_size": H, "layers": n_layers}
 
@@ -428,7 +434,7 @@ def build_recurrent(cfg: dict, input_size: int, hidden_size: int, in_modes=None,
             im = hm
         imap = build_map(fmt, im, out_modes, rank=rank, blocks=blocks, forward=forward)
         hmap = build_map(fmt, hm, out_modes, rank=rank, blocks=blocks, forward=forward) if factorize_hidden else None
-        layers.append(RecurrentLayer(base, imap, H, hmap, dropout, rec_dropout, activation, reset_after))
+        layers.append(RecurrentLayer(base, imap, H, hmap, dropout, rec_dropout, activation, reset_after, gates))
     if fmt == "dense" and plain:
         info["kernel"] = "tensorlstm fused loop"
     if fmt != "dense":

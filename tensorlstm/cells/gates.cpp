@@ -1,0 +1,224 @@
+// The elementwise part of one LSTM / GRU time step, forward and backward, each in one pass over the batch.
+//
+// Used by cells/fused_loop.py through ctypes (cells/native_gates.py compiles this file once per machine and
+// caches the library). Without it a step runs ~11 torch ops forward and ~11 backward on (B, H) slices, each a
+// separate pass over memory and a dispatch; here each is one loop whose values stay in registers.
+//
+// Every kernel has the C signature (B, H, operand pointers, row strides): operand k is a row-major (B, width)
+// matrix at p[k] whose rows are s[k] elements apart (columns contiguous); a null pointer is an absent operand.
+// The formulas are those of fused_loop.py's torch-op path: sigmoid(x) = 1 / (1 + exp(-x)),
+// tanh(x) = 2 sigmoid(2x) - 1, lerp as torch.lerp; the backward works from the saved activations (no exp).
+// exp is glibc's, vectorized by libmvec (at most 4 ulp) where the compiler vectorizes the loop.
+// Gate layouts as torch.nn: LSTM [i, f, g, o], GRU [r, z, n], blocks of H columns.
+
+#pragma omp declare simd notinbranch
+extern "C" float expf(float);
+#pragma omp declare simd notinbranch
+extern "C" double exp(double);
+
+namespace {
+
+template <typename T>
+struct Mat {  // operand k of a kernel: row b starts at p[k] + b * s[k]
+  T* p;
+  long s;
+  Mat(void* const* ptrs, const long* strides, int k) : p(static_cast<T*>(ptrs[k])), s(strides[k]) {}
+  T* operator[](long b) const { return p + b * s; }
+  explicit operator bool() const { return p != nullptr; }
+};
+
+inline float ex(float x) { return expf(x); }
+inline double ex(double x) { return exp(x); }
+
+template <typename T>
+inline T sig(T x) { return T(1) / (T(1) + ex(-x)); }
+
+template <typename T>
+inline T tnh(T x) { return T(2) * sig(T(2) * x) - T(1); }
+
+template <typename T>
+inline T dsig(T y) { return (T(1) - y) * y; }  // sigmoid' from its value
+
+template <typename T>
+inline T lerp(T start, T end, T w) {  // torch.lerp: start + w (end - start), from the nearer end
+  return w < T(0.5) ? start + w * (end - start) : end - (end - start) * (T(1) - w);
+}
+
+// LSTM step: a (B, 4H) = x W + h U, plus the bias (B, 4H; row stride 0: one row for all), the pre-activations ->
+// activated in place; c = f c_prev + i g, tc = tanh(c), h = o tc. Operands: a, bias, c_prev, c, tc, h.
+template <typename T>
+void lstm_forward(long B, long H, void* const* p, const long* s) {
+  const Mat<T> a{p, s, 0}, bias{p, s, 1}, cp{p, s, 2}, c{p, s, 3}, tc{p, s, 4}, h{p, s, 5};
+  for (long b = 0; b < B; ++b) {
+    T *ab = a[b], *bb = bias[b], *cpb = cp[b], *cb = c[b], *tcb = tc[b], *hb = h[b];
+#pragma omp simd
+    for (long j = 0; j < H; ++j) {
+      T i = sig(ab[j] + bb[j]), f = sig(ab[H + j] + bb[H + j]), g = tnh(ab[2 * H + j] + bb[2 * H + j]),
+        o = sig(ab[3 * H + j] + bb[3 * H + j]);
+      ab[j] = i;
+      ab[H + j] = f;
+      ab[2 * H + j] = g;
+      ab[3 * H + j] = o;
+      T cj = f * cpb[j] + i * g, t = tnh(cj);
+      cb[j] = cj;
+      tcb[j] = t;
+      hb[j] = o * t;
+    }
+  }
+}
+
+// LSTM step backward. Operands: dh (dL/dh_t), dc (in: dL/dc_t from step t+1; out: dL/dc_{t-1} through f),
+// a (activated gates), c_prev, tc, da (B, 4H) out: dL/d(pre-activations).
+template <typename T>
+void lstm_backward(long B, long H, void* const* p, const long* s) {
+  const Mat<T> dh{p, s, 0}, dc{p, s, 1}, a{p, s, 2}, cp{p, s, 3}, tc{p, s, 4}, da{p, s, 5};
+  for (long b = 0; b < B; ++b) {
+    T *dhb = dh[b], *dcb = dc[b], *ab = a[b], *cpb = cp[b], *tcb = tc[b], *dab = da[b];
+#pragma omp simd
+    for (long j = 0; j < H; ++j) {
+      T i = ab[j], f = ab[H + j], g = ab[2 * H + j], o = ab[3 * H + j], d = dhb[j], t = tcb[j];
+      dab[3 * H + j] = d * t * dsig(o);
+      T dcj = dcb[j] + d * o * (T(1) - t * t);
+      dab[j] = dcj * g * dsig(i);
+      dab[H + j] = dcj * cpb[j] * dsig(f);
+      dab[2 * H + j] = dcj * i * (T(1) - g * g);
+      dcb[j] = dcj * f;
+    }
+  }
+}
+
+// reset-after GRU step: with xb = xw + bias, r, z = sigmoid(xb_rz + hu_rz), n = tanh(xb_n + r hu_n),
+// h = lerp(n, h_{t-1}, z). Operands: xw (B, 3H) = x W, bias (B, 3H; row stride 0), hu (B, 3H) = h U + [0, 0, b_hn],
+// h_prev, a (B, 3H) out = [r, z, n], h out.
+template <typename T>
+void gru_forward(long B, long H, void* const* p, const long* s) {
+  const Mat<T> xw{p, s, 0}, bias{p, s, 1}, hu{p, s, 2}, hp{p, s, 3}, a{p, s, 4}, h{p, s, 5};
+  for (long b = 0; b < B; ++b) {
+    T *xb = xw[b], *bb = bias[b], *ub = hu[b], *hpb = hp[b], *ab = a[b], *hb = h[b];
+#pragma omp simd
+    for (long j = 0; j < H; ++j) {
+      T r = sig((xb[j] + bb[j]) + ub[j]), z = sig((xb[H + j] + bb[H + j]) + ub[H + j]);
+      T n = tnh((xb[2 * H + j] + bb[2 * H + j]) + r * ub[2 * H + j]);
+      ab[j] = r;
+      ab[H + j] = z;
+      ab[2 * H + j] = n;
+      hb[j] = lerp(n, hpb[j], z);
+    }
+  }
+}
+
+// reset-after GRU step backward. Operands: dh, a = [r, z, n], hu, h_prev, g (optional: added to carry),
+// dhu (B, 3H) out = dL/d(h U + bias_hu), dn out = dL/d(xw_n), carry out = dh z (+ g),
+// so that dL/dh_{t-1} = dhu U^T + carry (one GEMM with the sum folded in).
+template <typename T>
+void gru_backward(long B, long H, void* const* p, const long* s) {
+  const Mat<T> dh{p, s, 0}, a{p, s, 1}, hu{p, s, 2}, hp{p, s, 3}, g{p, s, 4}, dhu{p, s, 5}, dn{p, s, 6},
+      carry{p, s, 7};
+  for (long b = 0; b < B; ++b) {
+    T *dhb = dh[b], *ab = a[b], *ub = hu[b], *hpb = hp[b], *dub = dhu[b], *dnb = dn[b], *cb = carry[b];
+    T* gb = g ? g[b] : nullptr;
+#pragma omp simd
+    for (long j = 0; j < H; ++j) {
+      T r = ab[j], z = ab[H + j], n = ab[2 * H + j], d = dhb[j];
+      dub[H + j] = (hpb[j] - n) * d * dsig(z);
+      T dnj = (d - d * z) * (T(1) - n * n);
+      dnb[j] = dnj;
+      dub[j] = dnj * ub[2 * H + j] * dsig(r);
+      dub[2 * H + j] = dnj * r;
+      cb[j] = gb ? d * z + gb[j] : d * z;
+    }
+  }
+}
+
+// reset-before GRU, first half of a step. Operands: rz (B, 2H) pre-activations -> sigmoid in place, hd (the
+// masked h_{t-1}), rh out = r hd (the left operand of U_n).
+template <typename T>
+void gru_before_rz(long B, long H, void* const* p, const long* s) {
+  const Mat<T> rz{p, s, 0}, hd{p, s, 1}, rh{p, s, 2};
+  for (long b = 0; b < B; ++b) {
+    T *rb = rz[b], *hdb = hd[b], *rhb = rh[b];
+#pragma omp simd
+    for (long j = 0; j < 2 * H; ++j) rb[j] = sig(rb[j]);
+#pragma omp simd
+    for (long j = 0; j < H; ++j) rhb[j] = rb[j] * hdb[j];
+  }
+}
+
+// second half. Operands: n pre-activation -> tanh in place, h_prev, z, h out = lerp(n, h_{t-1}, z).
+template <typename T>
+void gru_before_n(long B, long H, void* const* p, const long* s) {
+  const Mat<T> n{p, s, 0}, hp{p, s, 1}, z{p, s, 2}, h{p, s, 3};
+  for (long b = 0; b < B; ++b) {
+    T *nb = n[b], *hpb = hp[b], *zb = z[b], *hb = h[b];
+#pragma omp simd
+    for (long j = 0; j < H; ++j) {
+      T v = tnh(nb[j]);
+      nb[j] = v;
+      hb[j] = lerp(v, hpb[j], zb[j]);
+    }
+  }
+}
+
+// reset-before GRU backward, before the U_n product. Operands: dh, z, n, h_prev, dz out = dL/d(z pre-act.),
+// dn out = dL/d(n pre-activation).
+template <typename T>
+void gru_before_backward_n(long B, long H, void* const* p, const long* s) {
+  const Mat<T> dh{p, s, 0}, z{p, s, 1}, n{p, s, 2}, hp{p, s, 3}, dz{p, s, 4}, dn{p, s, 5};
+  for (long b = 0; b < B; ++b) {
+    T *dhb = dh[b], *zb = z[b], *nb = n[b], *hpb = hp[b], *dzb = dz[b], *dnb = dn[b];
+#pragma omp simd
+    for (long j = 0; j < H; ++j) {
+      T d = dhb[j], zj = zb[j], nj = nb[j];
+      dzb[j] = (hpb[j] - nj) * d * dsig(zj);
+      dnb[j] = (d - d * zj) * (T(1) - nj * nj);
+    }
+  }
+}
+
+// after it. Operands: drh = dL/d(r hd), hd, r, dr out = dL/d(r pre-activation); where carry is given (no
+// recurrent dropout): dh, z, g (optional), carry out = drh r + dh z (+ g), so that
+// dL/dh_{t-1} = d(rz) U_rz^T + carry.
+template <typename T>
+void gru_before_backward_r(long B, long H, void* const* p, const long* s) {
+  const Mat<T> drh{p, s, 0}, hd{p, s, 1}, r{p, s, 2}, dr{p, s, 3}, dh{p, s, 4}, z{p, s, 5}, g{p, s, 6},
+      carry{p, s, 7};
+  for (long b = 0; b < B; ++b) {
+    T *db = drh[b], *hdb = hd[b], *rb = r[b], *drb = dr[b];
+#pragma omp simd
+    for (long j = 0; j < H; ++j) drb[j] = db[j] * hdb[j] * dsig(rb[j]);
+    if (!carry) continue;
+    T *dhb = dh[b], *zb = z[b], *cb = carry[b];
+    T* gb = g ? g[b] : nullptr;
+#pragma omp simd
+    for (long j = 0; j < H; ++j) {
+      T v = db[j] * rb[j] + dhb[j] * zb[j];
+      cb[j] = gb ? v + gb[j] : v;
+    }
+  }
+}
+
+}  // namespace
+
+// The C entry points <kernel>_f32 and <kernel>_f64. On x86-64 each is built for AVX-512, AVX2 and the baseline
+// and the loader picks the one the CPU runs (GCC's function multiversioning), the kernel inlined into each.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define TLSTM_CLONES __attribute__((target_clones("avx512f", "avx2", "default"), flatten))
+#else
+#define TLSTM_CLONES
+#endif
+#define TLSTM_EXPORT(name)                                                                               \
+  extern "C" TLSTM_CLONES void name##_f32(long B, long H, void* const* p, const long* s) {             \
+    name<float>(B, H, p, s);                                                                           \
+  }                                                                                                    \
+  extern "C" TLSTM_CLONES void name##_f64(long B, long H, void* const* p, const long* s) {             \
+    name<double>(B, H, p, s);                                                                          \
+  }
+
+TLSTM_EXPORT(lstm_forward)
+TLSTM_EXPORT(lstm_backward)
+TLSTM_EXPORT(gru_forward)
+TLSTM_EXPORT(gru_backward)
+TLSTM_EXPORT(gru_before_rz)
+TLSTM_EXPORT(gru_before_n)
+TLSTM_EXPORT(gru_before_backward_n)
+TLSTM_EXPORT(gru_before_backward_r)
