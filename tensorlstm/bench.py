@@ -42,7 +42,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from tensorlstm.cells import build_cell
+from tensorlstm.cells import build_cell, native_gates
 from tensorlstm.defaults import cell_config
 from tensorlstm.engine.seeding import set_tf32
 from tensorlstm.errors import ArgumentParser, UserError
@@ -431,6 +431,10 @@ def main(argv: list[str] | None = None) -> int:
     host_memory = cell_config("lstm")["host_memory"]
     if not set_host_memory(host_memory) and host_memory == "keep":
         host_memory = "keep (no effect: no glibc mallopt here)"
+    gates = cell_config("lstm")["gates"]  # our loops' gate math (the YAML default), stated in the header
+    if gates == "native":
+        gates = "native (cells/gates.cpp)" if native_gates.kernels(torch.zeros(1, device=device)) else \
+            "native asked, torch ops ran (not built here, or not a CPU)"
     timer = Timer(args.timer, device)
     rounds = args.rounds or (3 if args.quick else 9)
     notes: list[str] = []
@@ -439,7 +443,8 @@ def main(argv: list[str] | None = None) -> int:
     out = ["# Speed", "", f"Made by `tlstm bench {' '.join(argv if argv is not None else sys.argv[1:])}` on "
            f"{platform.processor() or platform.machine()} ({device}), torch {torch.__version__}, "
            f"{torch.get_num_threads()} thread(s), timer: {timer.kind}, host memory: "
-           f"{host_memory} (cell.host_memory, for every case), {rounds} interleaved rounds per section "
+           f"{host_memory} (cell.host_memory, for every case), gate math of our loops: {gates} (cell.gates), "
+           f"{rounds} interleaved rounds per section "
            "(order rotated each round). Times: median [min-max]; ratios: median [min-max] of the per-round "
            "ratios, >1 = the row is faster. Only cases of one table are compared, and every table was measured "
            "in this one run."]
