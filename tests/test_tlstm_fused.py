@@ -2,19 +2,26 @@
 
 Float64: outputs, final states and every gradient (input, parameters, initial state) agree with the autograd
 step loop to 1e-12 for 2D and 3D, with and without feedback and the memory-cell convolution, with lengths and a
-given initial state; gradcheck on the node itself; the norms and autocast keep the general loop."""
+given initial state, with either step kernels (torch ops, and the compiled cells/gates.cpp); gradcheck on the node
+itself; the norms and autocast keep the general loop."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from tensorlstm.cells import build_cell
+from tensorlstm.cells import build_cell, native_gates
 from tensorlstm.cells.tlstm_fused import TLSTMSequence
 from tensorlstm.defaults import cell_config
 
 I, M = 3, 4  # input size and channels of the small nets
 TOL = dict(rtol=1e-12, atol=1e-12)
+GATES = ["torch", "native"]
+
+
+def _needs(gates: str) -> None:
+    if gates == "native" and not native_gates.available():
+        pytest.skip("cells/gates.cpp does not build here (no C++ compiler?)")
 
 CONFIGS = [
     pytest.param({"P": 1}, id="2D-P1"),
@@ -50,9 +57,11 @@ def run(net, x, fused: bool, lengths=None, state=None, loss_on_state=True):
 
 
 @pytest.mark.parametrize("cfg", CONFIGS)
-def test_fused_loop_equals_the_step_loop_forward_and_backward(cfg):
+@pytest.mark.parametrize("gates", GATES)
+def test_fused_loop_equals_the_step_loop_forward_and_backward(cfg, gates):
+    _needs(gates)
     torch.manual_seed(0)
-    net = tlstm(**cfg)
+    net = tlstm(**cfg, gates=gates)
     N = net.geo.locations
     x = torch.randn(3, 6, I, dtype=torch.float64)
     state = tuple(torch.randn(3, N, M, dtype=torch.float64) for _ in range(2))
@@ -72,7 +81,9 @@ def test_fused_loop_equals_the_step_loop_forward_and_backward(cfg):
 
 @pytest.mark.parametrize("cfg", [{"P": 2}, {"P": 2, "memory_conv": False}, {"P": [2, 2], "feedback": False}],
                          ids=["2D", "2D-noM", "3D-noF"])
-def test_fused_node_passes_gradcheck(cfg):
+@pytest.mark.parametrize("gates", GATES)
+def test_fused_node_passes_gradcheck(cfg, gates):
+    _needs(gates)
     torch.manual_seed(1)
     net = build_cell(cell_config("tlstm", **cfg), I, 2)
     S, B, N, Mc = 3, 2, net.geo.locations, 2
@@ -84,8 +95,10 @@ def test_fused_node_passes_gradcheck(cfg):
             torch.randn(B, N, Mc, **f64)]
     args = [a.requires_grad_(True) for a in args]
 
+    kernels = native_gates.kernels(bias) if gates == "native" else None
+
     def node(bias, x_terms, W, h0, c0):
-        return TLSTMSequence.apply(bias, x_terms, net.input_locations, W, h0, c0, net.hidden_index, memory)
+        return TLSTMSequence.apply(bias, x_terms, net.input_locations, W, h0, c0, net.hidden_index, memory, kernels)
 
     assert torch.autograd.gradcheck(node, args)
 

@@ -1,6 +1,6 @@
 // The elementwise part of one LSTM / GRU time step, forward and backward, each in one pass over the batch.
 //
-// Used by cells/fused_loop.py through ctypes (cells/native_gates.py compiles this file once per machine and
+// Used by cells/fused_loop.py (and the tLSTM's cells/tlstm_fused.py) through ctypes (cells/native_gates.py compiles this file once per machine and
 // caches the library). Without it a step runs ~11 torch ops forward and ~11 backward on (B, H) slices, each a
 // separate pass over memory and a dispatch; here each is one loop whose values stay in registers.
 //
@@ -10,6 +10,10 @@
 // tanh(x) = 2 sigmoid(2x) - 1, lerp as torch.lerp; the backward works from the saved activations (no exp).
 // exp is glibc's, vectorized by libmvec (at most 4 ulp) where the compiler vectorizes the loop.
 // Gate layouts as torch.nn: LSTM [i, f, g, o], GRU [r, z, n], blocks of H columns.
+// The tLSTM kernels (at the end) take (B, N, M, taps, pointers, strides) with two strides per operand: operand k's
+// row (b, n) starts at p[k] + b * s[2k] + n * s[2k + 1].
+
+#include <cstdint>
 
 #pragma omp declare simd notinbranch
 extern "C" float expf(float);
@@ -197,6 +201,120 @@ void gru_before_backward_r(long B, long H, void* const* p, const long* s) {
   }
 }
 
+// --- tLSTM (He et al. 2017), norm=none: the step of cells/tlstm_fused.py after its cross-layer GEMM ----------------
+template <typename T>
+struct Mat3 {  // operand k of a tLSTM kernel: row (b, n) at p[k] + b * s[2k] + n * s[2k + 1]
+  T* p;
+  long sb, sn;
+  Mat3(void* const* ptrs, const long* strides, int k)
+      : p(static_cast<T*>(ptrs[k])), sb(strides[2 * k]), sn(strides[2 * k + 1]) {}
+  T* operator()(long b, long n) const { return p + b * sb + n * sn; }
+  explicit operator bool() const { return p != nullptr; }
+};
+
+// Operands: a (B, N, >= 4M + taps) = A_t: [2 A^g, A^i, A^f, A^o] -> their sigmoids in place, A^q (the memory kernel's
+// logits) read; c_prev = C~_{t-1} = -2 C_{t-1}; c out = C~_t; t out = sigmoid(C~_t); h out = H_t = O - 2 O t;
+// with the memory-cell convolution (index given): k out (B, N, taps) = softmax(A^q), km out (B, N, N) = each
+// location's kernel scattered onto the locations its taps read (border taps that clamp to one location add up),
+// cm out = km C~_{t-1}; index (N * taps) int64: n N + the location tap j of location n reads.
+// C~_t = src F - 4 sigmoid(2 A^g) I + 2 I with src = cm (or c_prev without the convolution).
+template <typename T>
+void tlstm_forward(long B, long N, long M, long taps, void* const* p, const long* s) {
+  const Mat3<T> a{p, s, 0}, cp{p, s, 1}, c{p, s, 2}, t{p, s, 3}, h{p, s, 4}, k{p, s, 5}, km{p, s, 6}, cm{p, s, 7};
+  const int64_t* index = static_cast<const int64_t*>(p[8]);
+  for (long b = 0; b < B; ++b) {
+    for (long n = 0; n < N; ++n) {
+      T* ab = a(b, n);
+#pragma omp simd
+      for (long j = 0; j < 4 * M; ++j) ab[j] = sig(ab[j]);
+    }
+    if (index) {
+      for (long n = 0; n < N; ++n) {
+        const T* q = a(b, n) + 4 * M;
+        T *kb = k(b, n), *kmb = km(b, n), mx = q[0], sum = T(0);
+        for (long j = 1; j < taps; ++j) mx = q[j] > mx ? q[j] : mx;
+        for (long j = 0; j < taps; ++j) sum += (kb[j] = ex(q[j] - mx));
+        for (long j = 0; j < taps; ++j) kb[j] /= sum;
+        for (long m = 0; m < N; ++m) kmb[m] = T(0);
+        for (long j = 0; j < taps; ++j) kmb[index[n * taps + j] - n * N] += kb[j];
+      }
+      for (long n = 0; n < N; ++n) {
+        T *cmb = cm(b, n), *kmb = km(b, n);
+        for (long j = 0; j < M; ++j) cmb[j] = T(0);
+        for (long m = 0; m < N; ++m) {
+          const T w = kmb[m], *cpm = cp(b, m);
+#pragma omp simd
+          for (long j = 0; j < M; ++j) cmb[j] += w * cpm[j];
+        }
+      }
+    }
+    for (long n = 0; n < N; ++n) {
+      T *ab = a(b, n), *src = index ? cm(b, n) : cp(b, n), *cb = c(b, n), *tb = t(b, n), *hb = h(b, n);
+#pragma omp simd
+      for (long j = 0; j < M; ++j) {
+        T g = ab[j], i = ab[M + j], f = ab[2 * M + j], o = ab[3 * M + j];
+        T cj = src[j] * f + T(-4) * g * i + T(2) * i, tj = sig(cj);
+        cb[j] = cj;
+        tb[j] = tj;
+        hb[j] = o + T(-2) * o * tj;
+      }
+    }
+  }
+}
+
+// One step of the tLSTM backward before its GEMM. Operands: dh = dL/dH_t; dc_in = dL/dC_t from step t+1 (or null);
+// po, pc (B, N, M), pgif (B, N, 3M): the local derivatives (dL/dA^o = dh po, dL/dC_t += dh pc, dL/dA^{g,i,f} =
+// dc pgif); f = F_t; da out (B, N, >= 4M + taps) = dL/dA_t; dc_out = dL/dC_{t-1} (may be dc_in itself); g = an
+// outside dL/dC_{t-1} to add (or null); with the memory convolution (index given): c_prev = C_{t-1}, km, k as the
+// forward wrote them, dcm (B, N, M) scratch = dL/dconv(C_{t-1}), and dL/dA^q through the softmax into da.
+template <typename T>
+void tlstm_backward(long B, long N, long M, long taps, void* const* p, const long* s) {
+  const Mat3<T> dh{p, s, 0}, dci{p, s, 1}, po{p, s, 2}, pc{p, s, 3}, pgif{p, s, 4}, f{p, s, 5}, da{p, s, 6},
+      dco{p, s, 7}, g{p, s, 8}, cp{p, s, 9}, km{p, s, 10}, k{p, s, 11}, dcm{p, s, 12};
+  const int64_t* index = static_cast<const int64_t*>(p[13]);
+  for (long b = 0; b < B; ++b) {
+    for (long n = 0; n < N; ++n) {
+      T *dhb = dh(b, n), *dcib = dci ? dci(b, n) : nullptr, *pob = po(b, n), *pcb = pc(b, n), *pgb = pgif(b, n),
+        *fb = f(b, n), *dab = da(b, n), *gb = g ? g(b, n) : nullptr;
+      T* out = index ? dcm(b, n) : dco(b, n);
+#pragma omp simd
+      for (long j = 0; j < M; ++j) {
+        T d = dhb[j], dc = dcib ? dcib[j] + d * pcb[j] : d * pcb[j];
+        dab[3 * M + j] = d * pob[j];
+        dab[j] = dc * pgb[j];
+        dab[M + j] = dc * pgb[M + j];
+        dab[2 * M + j] = dc * pgb[2 * M + j];
+        T v = dc * fb[j];
+        out[j] = (!index && gb) ? v + gb[j] : v;
+      }
+    }
+    if (!index) continue;
+    for (long n = 0; n < N; ++n) {  // dL/dA^q: the softmax backward of the kernel's gradient at its taps
+      const T *dcmb = dcm(b, n), *kb = k(b, n);
+      T* dq = da(b, n) + 4 * M;
+      T ksum = T(0);
+      for (long j = 0; j < taps; ++j) {
+        const T* cpl = cp(b, index[n * taps + j] - n * N);
+        T dk = T(0);
+#pragma omp simd reduction(+ : dk)
+        for (long m = 0; m < M; ++m) dk += dcmb[m] * cpl[m];
+        dq[j] = kb[j] * dk;
+        ksum += dq[j];
+      }
+      for (long j = 0; j < taps; ++j) dq[j] -= kb[j] * ksum;
+    }
+    for (long m = 0; m < N; ++m) {  // dL/dC_{t-1} = km^T dcm (+ g)
+      T *out = dco(b, m), *gb = g ? g(b, m) : nullptr;
+      for (long j = 0; j < M; ++j) out[j] = gb ? gb[j] : T(0);
+      for (long n = 0; n < N; ++n) {
+        const T w = km(b, n)[m], *dcmb = dcm(b, n);
+#pragma omp simd
+        for (long j = 0; j < M; ++j) out[j] += w * dcmb[j];
+      }
+    }
+  }
+}
+
 }  // namespace
 
 // The C entry points <kernel>_f32 and <kernel>_f64. On x86-64 each is built for AVX-512, AVX2 and the baseline
@@ -222,3 +340,14 @@ TLSTM_EXPORT(gru_before_rz)
 TLSTM_EXPORT(gru_before_n)
 TLSTM_EXPORT(gru_before_backward_n)
 TLSTM_EXPORT(gru_before_backward_r)
+
+#define TLSTM_EXPORT_3D(name)                                                                              \
+  extern "C" TLSTM_CLONES void name##_f32(long B, long N, long M, long taps, void* const* p, const long* s) { \
+    name<float>(B, N, M, taps, p, s);                                                                    \
+  }                                                                                                      \
+  extern "C" TLSTM_CLONES void name##_f64(long B, long N, long M, long taps, void* const* p, const long* s) { \
+    name<double>(B, N, M, taps, p, s);                                                                   \
+  }
+
+TLSTM_EXPORT_3D(tlstm_forward)
+TLSTM_EXPORT_3D(tlstm_backward)

@@ -42,6 +42,12 @@ KERNELS = {
     "gru_before_backward_n": ("dh", "z", "n", "h_prev", "dz", "dn"),
     "gru_before_backward_r": ("drh", "hd", "r", "dr", "dh", "z", "g", "carry"),
 }
+# the tLSTM's (cells/tlstm_fused.py): operands (B, N, width) with rows (b, n); the last one is the int64 index
+KERNELS_3D = {
+    "tlstm_forward": ("a", "c_prev", "c", "t", "h", "k", "km", "cm", "index"),
+    "tlstm_backward": ("dh", "dc_in", "po", "pc", "pgif", "f", "da", "dc_out", "g", "c_prev", "km", "k", "dcm",
+                       "index"),
+}
 
 
 def cache_dir() -> Path:
@@ -98,6 +104,12 @@ class Kernels:
             fn.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p * n, ctypes.c_long * n]
             fn.restype = None
             setattr(self, name, functools.partial(self._call, fn, ctypes.c_void_p * n, ctypes.c_long * n))
+        for name, operands in KERNELS_3D.items():
+            fn = getattr(lib, f"{name}_{suffix}")
+            n = len(operands)
+            fn.argtypes = [ctypes.c_long] * 4 + [ctypes.c_void_p * n, ctypes.c_long * (2 * n)]
+            fn.restype = None
+            setattr(self, name, functools.partial(self._call_3d, fn, ctypes.c_void_p * n, ctypes.c_long * (2 * n)))
 
     @staticmethod
     def _call(fn, ptrs_t, strides_t, H: int, *mats: torch.Tensor | None) -> None:
@@ -107,6 +119,32 @@ class Kernels:
         first = mats[0]
         fn(first.shape[0], H, ptrs_t(*[0 if m is None else m.data_ptr() for m in mats]),
            strides_t(*[0 if m is None else m.stride(0) for m in mats]))
+
+
+    @staticmethod
+    def _call_3d(fn, ptrs_t, strides_t, B: int, N: int, M: int, taps: int, *ops) -> None:
+        """Each operand: a (B, N, width) tensor, a (steps, B, N, width) buffer with the step as (buffer, step), the
+        1-D int64 index, or None."""
+        ptrs, strides = [], []
+        for op in ops:
+            if op is None:
+                ptrs.append(0)
+                strides += (0, 0)
+                continue
+            t, step = op if isinstance(op, tuple) else (op, None)
+            if t.dim() == 1:  # the index
+                ptrs.append(t.data_ptr())
+                strides += (0, 0)
+                continue
+            if t.stride(-1) != 1:
+                raise ValueError("native gate kernels need rows with contiguous columns")
+            if step is None:
+                ptrs.append(t.data_ptr())
+                strides += (t.stride(0), t.stride(1))
+            else:
+                ptrs.append(t.data_ptr() + step * t.stride(0) * t.element_size())
+                strides += (t.stride(1), t.stride(2))
+        fn(B, N, M, taps, ptrs_t(*ptrs), strides_t(*strides))
 
 
 def _self_check(k: Kernels) -> bool:

@@ -26,6 +26,12 @@ locations), 4 multiplies (+8 for the memory-cell convolution). What makes that p
   an AVX-512 CPU; the padding is counted as work nowhere). oneDNN's packed GEMM (``fused_loop.StepMatmul``)
   measured no faster here at 16-128 rows once its output is copied into the buffer, so it is not used.
 
+With ``cell.gates=native`` (on a CPU in float32 / float64 where cells/gates.cpp builds, see native_gates.py) everything
+of a step but the gather and the GEMM is one call of a compiled kernel each way: the gate activations, the memory
+kernel's softmax and scatter, the memory-cell convolution and the state update forward; the local products, the
+softmax backward and the transposed convolution backward. It reads and writes the buffers below at the step's
+offset, so a step makes no tensor views for it.
+
 Exactness: the same expressions as ``TensorizedLSTM._cell``/``_update`` with ``norm=none`` (tests compare
 outputs, states and every gradient with the general loop in float64 and run gradcheck); only the order of a few
 operations differs (the memory kernel's duplicate border taps are summed before multiplying, tanh goes through
@@ -46,11 +52,12 @@ class TLSTMSequence(torch.autograd.Function):
     ``input_locations`` (pairs,); W (taps M, M^o): W^h flattened;
     h0, c0 (B, N, M); hidden_index (N taps,): the cross-layer table row-major, entries in 0..N with N a zero
     row; memory_index (N taps,) or None (tLSTM-M): n N + (memory-table entry) for the flattened (N, N) kernel
-    matrix of location n. Gate order G, I, F, O, Q as ``TensorizedLSTM``.
+    matrix of location n. Gate order G, I, F, O, Q as ``TensorizedLSTM``. gates: native_gates.Kernels, or None
+    (torch ops).
     """
 
     @staticmethod
-    def forward(ctx, bias, x_terms, input_locations, W, h0, c0, hidden_index, memory_index):  # noqa: D102
+    def forward(ctx, bias, x_terms, input_locations, W, h0, c0, hidden_index, memory_index, gates=None):  # noqa: D102
         S, B = x_terms.shape[:2]
         _, N, M = h0.shape
         R, Mo = B * N, W.shape[1]
@@ -75,20 +82,28 @@ class TLSTMSequence(torch.autograd.Function):
         cs = W.new_empty(S, B, N, M)  # C~_t = -2 C_t
         ts = W.new_empty(S, B, N, M)  # sigmoid(C~_t): tanh(C_t) = 1 - 2 ts
         a4 = acts.view(S, B, N, Mp)
-        h_steps, h_out = hbuf.unbind(0), hbuf[1:, :, :N].unbind(0)
-        p_steps, p_rows, a_rows = patches.unbind(0), patches.view(S, R, KM).unbind(0), acts.unbind(0)
-        sig_steps = a4[..., : 4 * M].unbind(0)
-        g_steps, i_steps, f_steps, o_steps = (a4[..., k * M : (k + 1) * M].unbind(0) for k in range(4))
-        c_steps, t_steps = cs.unbind(0), ts.unbind(0)
+        h_steps, p_steps = hbuf.unbind(0), patches.unbind(0)
+        p_rows, a_rows = patches.view(S, R, KM).unbind(0), acts.unbind(0)
+        cms = kmats = kerns = None
         if memory:
             cms = W.new_empty(S, B, N, M)  # conv(C~_{t-1}, softmax(A^q))
             kmats = W.new_zeros(S, B, N * N)  # per location n, row n: its kernel at the taps' locations
             kerns = W.new_empty(S, B, N, taps)
+        c = c0 * -2.0
+        if gates is not None:
+            _native_forward(gates, S, a_rows, W2, h_steps, hidden_index, p_steps, p_rows, a4, c, cs, ts,
+                            hbuf[1:, :, :N], kerns, kmats, cms, memory_index)
+            return _finish_forward(ctx, gates, hbuf, N, cs, acts, patches, ts, W, c0, hidden_index, input_locations,
+                                   cms, kmats, kerns, memory_index)
+        h_out = hbuf[1:, :, :N].unbind(0)
+        sig_steps = a4[..., : 4 * M].unbind(0)
+        g_steps, i_steps, f_steps, o_steps = (a4[..., k * M : (k + 1) * M].unbind(0) for k in range(4))
+        c_steps, t_steps = cs.unbind(0), ts.unbind(0)
+        if memory:
             scatter_index = memory_index.expand(B, -1)
             q_steps, cm_steps = a4[..., 4 * M : Mo].unbind(0), cms.unbind(0)
             km_flat, km_mats = kmats.unbind(0), kmats.view(S, B, N, N).unbind(0)
             k_steps, k_flat = kerns.unbind(0), kerns.view(S, B, N * taps).unbind(0)
-        c = c0 * -2.0
         for s in range(S):
             torch.index_select(h_steps[s], 1, hidden_index, out=p_steps[s])
             a_rows[s].addmm_(p_rows[s], W2)
@@ -104,14 +119,8 @@ class TLSTMSequence(torch.autograd.Function):
             c.add_(i_steps[s], alpha=2.0)
             torch.sigmoid(c, out=t_steps[s])
             torch.addcmul(o_steps[s], o_steps[s], t_steps[s], value=-2.0, out=h_out[s])
-        cs = cs.mul_(-0.5)  # C_t (exact)
-        saved = [acts, patches, cs, ts, W, c0, hidden_index, input_locations]
-        if memory:
-            saved += [cms, kmats, kerns, memory_index]
-        ctx.save_for_backward(*saved)
-        ctx.memory = memory
-        ctx.set_materialize_grads(False)
-        return hbuf[1:, :, :N], cs
+        return _finish_forward(ctx, gates, hbuf, N, cs, acts, patches, ts, W, c0, hidden_index, input_locations,
+                               cms, kmats, kerns, memory_index)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -151,8 +160,17 @@ class TLSTMSequence(torch.autograd.Function):
         da_all = cs.new_empty(S, B, N, Mp)  # dL/dA_t; zero columns Mo.. Mp as in the forward's GEMM
         da_all[..., Mo:].zero_()
         da_flat = da_all.view(S, R, Mp)
+        da_rows = da_flat[..., :Mo].unbind(0)
+        Wt = W.t()
+        dp = cs.new_empty(R, KM)
+        dp3 = dp.view(B, N * taps, M)
+        if ctx.gates is not None:
+            dc_next = _native_backward(ctx.gates, S, dH, N, Po, Pc, Pgif, a4, da_all, g_cs, cs, c0,
+                                       kmats if memory else None, kerns if memory else None,
+                                       memory_index if memory else None, da_rows, Wt, dp, dp3, dH_steps, hidden_index)
+            return _finish_backward(ctx, da_flat, da_all, Mo, input_locations, patches, S, R, KM, Mp, dh_steps, dc_next)
         da_gif = da_all[..., : 3 * M].unflatten(-1, (3, M)).unbind(0)
-        da_o, da_rows = da_all[..., 3 * M : 4 * M].unbind(0), da_flat[..., :Mo].unbind(0)
+        da_o = da_all[..., 3 * M : 4 * M].unbind(0)
         Po, Pc, Pgif, f = Po.unbind(0), Pc.unbind(0), Pgif.unbind(0), f.unbind(0)
         dc, dcm, dc_prev = cs.new_empty(B, N, M), cs.new_empty(B, N, M), cs.new_empty(B, N, M)
         dc_u = dc.unsqueeze(2)
@@ -164,9 +182,6 @@ class TLSTMSequence(torch.autograd.Function):
             k_steps, da_q = kerns.unbind(0), da_all[..., 4 * M : Mo].unbind(0)
             dk, dkern, kd = cs.new_empty(B, N, N), cs.new_empty(B, N, taps), cs.new_empty(B, N, taps)
             dk_flat, dkern_flat, ksum = dk.view(B, N * N), dkern.view(B, N * taps), cs.new_empty(B, N, 1)
-        Wt = W.t()
-        dp = cs.new_empty(R, KM)
-        dp3 = dp.view(B, N * taps, M)
         dc_next = None if g_c is None else g_c[S - 1]  # dL/dC_t from outside and from step t + 1
         for s in range(S - 1, -1, -1):
             dh = dh_steps[s + 1]
@@ -194,11 +209,68 @@ class TLSTMSequence(torch.autograd.Function):
                 dc_next = torch.add(dcm, g_c[s - 1], out=dc_prev) if outside else dcm
             torch.mm(da_rows[s], Wt, out=dp)
             dH_steps[s].index_add_(1, hidden_index, dp3)
-        db = dx = dW = None
-        if ctx.needs_input_grad[0]:
-            db = da_flat[..., :Mo].sum((0, 1))
-        if ctx.needs_input_grad[1]:
-            dx = da_all[..., :Mo].index_select(2, input_locations)
-        if ctx.needs_input_grad[3]:
-            dW = (patches.view(S * R, KM).t() @ da_all.view(S * R, Mp))[:, :Mo]
-        return db, dx, None, dW, dh_steps[0].clone(), dc_next.clone(), None, None
+        return _finish_backward(ctx, da_flat, da_all, Mo, input_locations, patches, S, R, KM, Mp, dh_steps, dc_next)
+
+
+def _finish_forward(ctx, gates, hbuf, N, cs, acts, patches, ts, W, c0, hidden_index, input_locations, cms, kmats,
+                    kerns, memory_index):
+    cs = cs.mul_(-0.5)  # C_t (exact)
+    saved = [acts, patches, cs, ts, W, c0, hidden_index, input_locations]
+    if memory_index is not None:
+        saved += [cms, kmats, kerns, memory_index]
+    ctx.save_for_backward(*saved)
+    ctx.memory, ctx.gates = memory_index is not None, gates
+    ctx.set_materialize_grads(False)
+    return hbuf[1:, :, :N], cs
+
+
+def _finish_backward(ctx, da_flat, da_all, Mo, input_locations, patches, S, R, KM, Mp, dh_steps, dc_next):
+    db = dx = dW = None
+    if ctx.needs_input_grad[0]:
+        db = da_flat[..., :Mo].sum((0, 1))
+    if ctx.needs_input_grad[1]:
+        dx = da_all[..., :Mo].index_select(2, input_locations)
+    if ctx.needs_input_grad[3]:
+        dW = (patches.view(S * R, KM).t() @ da_all.view(S * R, Mp))[:, :Mo]
+    return db, dx, None, dW, dh_steps[0].clone(), dc_next.clone(), None, None, None
+
+
+def _native_forward(k, S, a_rows, W2, h_steps, hidden_index, p_steps, p_rows, a4, c, cs, ts, h_out, kerns, kmats,
+                    cms, memory_index):
+    """The forward loop with gates.cpp's tlstm_forward after each step's gather and GEMM (C~ kept in cs)."""
+    _, B, N, Mp = a4.shape
+    M = cs.shape[-1]
+    memory = memory_index is not None
+    taps = kerns.shape[-1] if memory else 0
+    km4 = kmats.view(S, B, N, N) if memory else None
+    for s in range(S):
+        torch.index_select(h_steps[s], 1, hidden_index, out=p_steps[s])
+        a_rows[s].addmm_(p_rows[s], W2)
+        k.tlstm_forward(B, N, M, taps, (a4, s), c if s == 0 else (cs, s - 1), (cs, s), (ts, s), (h_out, s),
+                        (kerns, s) if memory else None, (km4, s) if memory else None, (cms, s) if memory else None,
+                        memory_index)
+
+
+def _native_backward(k, S, dH, N, Po, Pc, Pgif, a4, da_all, g_cs, cs, c0, kmats, kerns, memory_index, da_rows, Wt,
+                     dp, dp3, dH_steps, hidden_index):
+    """The backward loop with gates.cpp's tlstm_backward before each step's GEMM; dL/dC_0 out."""
+    B, M = cs.shape[1], cs.shape[-1]
+    memory = memory_index is not None
+    taps = kerns.shape[-1] if memory else 0
+    km4 = kmats.view(S, B, N, N) if memory else None
+    dh_all, f_all, pgif = dH[:, :, :N], a4[..., 2 * M : 3 * M], Pgif.view(S, B, N, 3 * M)
+    g_cs = None if g_cs is None else g_cs.contiguous()
+    c0 = c0.contiguous()
+    dc = cs.new_empty(B, N, M)  # dL/dC_t in, dL/dC_{t-1} out (the kernel reads each element before it writes it)
+    dcm = cs.new_empty(B, N, M) if memory else None
+    dc_in = None if g_cs is None else g_cs[S - 1]
+    for s in range(S - 1, -1, -1):
+        c_prev = (c0 if s == 0 else (cs, s - 1)) if memory else None
+        g_prev = None if g_cs is None or s == 0 else (g_cs, s - 1)
+        k.tlstm_backward(B, N, M, taps, (dh_all, s + 1), dc_in, (Po, s), (Pc, s), (pgif, s), (f_all, s), (da_all, s),
+                         dc, g_prev, c_prev, (km4, s) if memory else None, (kerns, s) if memory else None, dcm,
+                         memory_index)
+        dc_in = dc
+        torch.mm(da_rows[s], Wt, out=dp)
+        dH_steps[s].index_add_(1, hidden_index, dp3)
+    return dc
