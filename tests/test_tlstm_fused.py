@@ -123,3 +123,16 @@ def test_autocast_keeps_the_general_loop():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert not net._fused(x)
     assert net._fused(x)
+
+
+@pytest.mark.parametrize("cfg", [{"P": 3}, {"P": [2, 2], "memory_conv": False}], ids=["2D", "3D-noM"])
+def test_native_step_kernels_agree_with_torch_ops_in_float32(cfg):
+    """The float32 build of the kernels (the tests above run float64): outputs and gradients as with torch ops."""
+    _needs("native")
+    torch.manual_seed(2)
+    nets = [build_cell(cell_config("tlstm", **cfg, gates=g), I, M) for g in GATES]
+    nets[1].load_state_dict(nets[0].state_dict())
+    x = torch.randn(3, 7, I)
+    (out_t, grads_t), (out_n, grads_n) = (run(net, x, True) for net in nets)
+    for a, b in zip(out_n + grads_n, out_t + grads_t):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
