@@ -42,7 +42,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from tensorlstm.cells import build_cell, native_gates
+from tensorlstm import native
+from tensorlstm.cells import build_cell
 from tensorlstm.defaults import cell_config
 from tensorlstm.engine.seeding import set_tf32
 from tensorlstm.errors import ArgumentParser, UserError
@@ -433,7 +434,7 @@ def main(argv: list[str] | None = None) -> int:
         host_memory = "keep (no effect: no glibc mallopt here)"
     gates = cell_config("lstm")["gates"]  # our loops' gate math (the YAML default), stated in the header
     if gates == "native":
-        gates = "native (cells/gates.cpp)" if native_gates.kernels(torch.zeros(1, device=device)) else \
+        gates = "native (tensorlstm/native.cpp)" if native.kernels(torch.zeros(1, device=device)) else \
             "native asked, torch ops ran (not built here, or not a CPU)"
     timer = Timer(args.timer, device)
     rounds = args.rounds or (3 if args.quick else 9)

@@ -1,6 +1,6 @@
 """The whole-sequence LSTM/GRU node (cells/fused_loop.py): gradcheck of its hand-written backward with either gate
-kernels (torch ops, and the compiled cells/gates.cpp), equality with the general autograd loop (outputs, final
-state, every gradient) and with torch.nn, and the oneDNN step product against a plain matmul."""
+kernels (torch ops, and the compiled tensorlstm/native.cpp), equality with the general autograd loop (outputs,
+final state, every gradient) and with torch.nn, and the oneDNN step product against a plain matmul."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from tensorlstm.cells import build_cell, native_gates
+from tensorlstm import native
+from tensorlstm.cells import build_cell
 from tensorlstm.cells.fused_loop import (
     GRUBeforeSequence,
     GRUSequence,
@@ -38,9 +39,9 @@ def _kernels(gates: str, like: torch.Tensor):
     """TorchGates, or the compiled kernels for `like` (the test skips where they do not build here)."""
     if gates == "torch":
         return TorchGates
-    if not native_gates.available():
-        pytest.skip("cells/gates.cpp does not build here (no C++ compiler?)")
-    return native_gates.kernels(like)
+    if not native.available():
+        pytest.skip("tensorlstm/native.cpp does not build here (no C++ compiler?)")
+    return native.kernels(like)
 
 
 @pytest.mark.parametrize("masked", [False, True])

@@ -42,7 +42,7 @@ def test_wheel_carries_every_config_unchanged(wheel):
         packaged = {n.removeprefix("tensorlstm/conf/"): z.read(n) for n in z.namelist()
                     if n.startswith("tensorlstm/conf/") and n.endswith(".yaml")}
         modules = {n for n in z.namelist() if n.endswith(".py")}
-        assert z.read("tensorlstm/cells/gates.cpp") == (ROOT / "tensorlstm/cells/gates.cpp").read_bytes()
+        assert z.read("tensorlstm/native.cpp") == (ROOT / "tensorlstm/native.cpp").read_bytes()
     assert packaged == configs
     assert {f"tensorlstm/{p.relative_to(ROOT / 'tensorlstm').as_posix()}"
             for p in (ROOT / "tensorlstm").rglob("*.py")} <= modules  # every subpackage is shipped

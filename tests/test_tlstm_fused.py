@@ -2,15 +2,16 @@
 
 Float64: outputs, final states and every gradient (input, parameters, initial state) agree with the autograd
 step loop to 1e-12 for 2D and 3D, with and without feedback and the memory-cell convolution, with lengths and a
-given initial state, with either step kernels (torch ops, and the compiled cells/gates.cpp); gradcheck on the node
-itself; the norms and autocast keep the general loop."""
+given initial state, with either step kernels (torch ops, and the compiled tensorlstm/native.cpp); gradcheck on the
+node itself; the norms and autocast keep the general loop."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from tensorlstm.cells import build_cell, native_gates
+from tensorlstm import native
+from tensorlstm.cells import build_cell
 from tensorlstm.cells.tlstm_fused import TLSTMSequence
 from tensorlstm.defaults import cell_config
 
@@ -20,8 +21,8 @@ GATES = ["torch", "native"]
 
 
 def _needs(gates: str) -> None:
-    if gates == "native" and not native_gates.available():
-        pytest.skip("cells/gates.cpp does not build here (no C++ compiler?)")
+    if gates == "native" and not native.available():
+        pytest.skip("tensorlstm/native.cpp does not build here (no C++ compiler?)")
 
 CONFIGS = [
     pytest.param({"P": 1}, id="2D-P1"),
@@ -95,7 +96,7 @@ def test_fused_node_passes_gradcheck(cfg, gates):
             torch.randn(B, N, Mc, **f64)]
     args = [a.requires_grad_(True) for a in args]
 
-    kernels = native_gates.kernels(bias) if gates == "native" else None
+    kernels = native.kernels(bias) if gates == "native" else None
 
     def node(bias, x_terms, W, h0, c0):
         return TLSTMSequence.apply(bias, x_terms, net.input_locations, W, h0, c0, net.hidden_index, memory, kernels)

@@ -14,7 +14,7 @@ plain torch ops are used, so it runs on any device. The layer uses it for sigmoi
 general autograd loop.
 
 The elementwise part of each step is a "gate kernel" (forward and backward, one per cell form) of a `gates` object:
-`native_gates.Kernels` (gates.cpp compiled for this machine: one pass per step on a CPU in float32 / float64,
+`native.Kernels` (native.cpp compiled for this machine: one pass per step on a CPU in float32 / float64,
 ``cell.gates=native``) or `TorchGates` below (the same formulas in torch ops: any device and dtype).
 
 Inputs (all per layer): xw (T, B, G) the projected inputs with the bias folded in; U (H, G); the initial
@@ -84,7 +84,7 @@ def _hold(alive: torch.Tensor, t: int, new: torch.Tensor, old: torch.Tensor, out
 
 
 class TorchGates:
-    """gates.cpp's kernels in torch ops, with the same operands (see there): the path on a GPU, in other dtypes,
+    """native.cpp's kernels in torch ops, with the same operands (see there): the path on a GPU, in other dtypes,
     without a C++ compiler and under ``cell.gates=torch``."""
 
     @staticmethod

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from tensorlstm.cells import native_gates
+from tensorlstm import native
 from tensorlstm.cells.base import RecurrentNet, State, select_state
 from tensorlstm.cells.fused_loop import GRUBeforeSequence, GRUSequence, LSTMSequence, alive_mask
 from tensorlstm.errors import UserError
@@ -63,8 +63,8 @@ class RecurrentLayer(nn.Module):
         gate_kernels: str = "native",
     ) -> None:
         super().__init__()
-        if gate_kernels not in native_gates.MODES:
-            raise UserError(f"unknown cell.gates {gate_kernels!r}; choose one of: {', '.join(native_gates.MODES)}")
+        if gate_kernels not in native.MODES:
+            raise UserError(f"unknown cell.gates {gate_kernels!r}; choose one of: {', '.join(native.MODES)}")
         if base not in GATES:
             raise UserError(f"unknown cell base {base!r}; choose lstm or gru")
         if gate_activation not in ACTIVATIONS:
@@ -199,7 +199,7 @@ class RecurrentLayer(nn.Module):
 
     def _forward_fused(self, xw: torch.Tensor, U: torch.Tensor, state: tuple, h_mask, lengths=None):
         alive = None if lengths is None else alive_mask(lengths, xw.shape[0], xw)
-        k = native_gates.kernels(xw) if self.gate_kernels == "native" else None  # None: torch ops
+        k = native.kernels(xw) if self.gate_kernels == "native" else None  # None: torch ops
         if self.base == "lstm":
             ys, h, c = LSTMSequence.apply(xw, self.bias, U, state[0], state[1], h_mask, alive, k)
             return ys, (h, c)

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from tensorlstm.cells import native_gates
+from tensorlstm import native
 from tensorlstm.cells.base import RecurrentNet, State, select_state
 from tensorlstm.cells.tlstm_fused import TLSTMSequence
 from tensorlstm.cells.tlstm_ops import (
@@ -66,8 +66,8 @@ class TensorizedLSTM(RecurrentNet):
         gate_kernels: str = "native",
     ) -> None:
         super().__init__()
-        if gate_kernels not in native_gates.MODES:
-            raise UserError(f"unknown cell.gates {gate_kernels!r}; choose one of: {', '.join(native_gates.MODES)}")
+        if gate_kernels not in native.MODES:
+            raise UserError(f"unknown cell.gates {gate_kernels!r}; choose one of: {', '.join(native.MODES)}")
         self.gate_kernels = gate_kernels  # cell.gates: the fused loop's step kernels (norm=none)
         if norm not in NORMS:
             raise UserError(f"unknown cell.norm {norm!r}; choose one of: {', '.join(NORMS)}")
@@ -235,7 +235,7 @@ class TensorizedLSTM(RecurrentNet):
         T = S - self.delay
         h0, c0 = state
         memory = self.memory_index if self.memory_conv else None
-        k = native_gates.kernels(x_terms) if self.gate_kernels == "native" else None  # None: torch ops
+        k = native.kernels(x_terms) if self.gate_kernels == "native" else None  # None: torch ops
         hs, cs = TLSTMSequence.apply(self.bias.to(x_terms.dtype), x_terms.transpose(0, 1), self.input_locations,
                                      self.weight.view(-1, Mo), h0, c0, self.hidden_index, memory, k)
         y = hs[self.delay :, :, N - 1].transpose(0, 1).contiguous()

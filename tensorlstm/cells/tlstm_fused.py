@@ -26,11 +26,11 @@ locations), 4 multiplies (+8 for the memory-cell convolution). What makes that p
   an AVX-512 CPU; the padding is counted as work nowhere). oneDNN's packed GEMM (``fused_loop.StepMatmul``)
   measured no faster here at 16-128 rows once its output is copied into the buffer, so it is not used.
 
-With ``cell.gates=native`` (on a CPU in float32 / float64 where cells/gates.cpp builds, see native_gates.py) everything
-of a step but the gather and the GEMM is one call of a compiled kernel each way: the gate activations, the memory
-kernel's softmax and scatter, the memory-cell convolution and the state update forward; the local products, the
-softmax backward and the transposed convolution backward. It reads and writes the buffers below at the step's
-offset, so a step makes no tensor views for it.
+With ``cell.gates=native`` (on a CPU in float32 / float64 where tensorlstm/native.cpp builds) everything of a step
+but the gather and the GEMM is one call of a compiled kernel each way: the gate activations, the memory kernel's
+softmax and scatter, the memory-cell convolution and the state update forward; the local products, the softmax
+backward and the transposed convolution backward. It reads and writes the buffers below at the step's offset, so
+a step makes no tensor views for it.
 
 Exactness: the same expressions as ``TensorizedLSTM._cell``/``_update`` with ``norm=none`` (tests compare
 outputs, states and every gradient with the general loop in float64 and run gradcheck); only the order of a few
@@ -52,7 +52,7 @@ class TLSTMSequence(torch.autograd.Function):
     ``input_locations`` (pairs,); W (taps M, M^o): W^h flattened;
     h0, c0 (B, N, M); hidden_index (N taps,): the cross-layer table row-major, entries in 0..N with N a zero
     row; memory_index (N taps,) or None (tLSTM-M): n N + (memory-table entry) for the flattened (N, N) kernel
-    matrix of location n. Gate order G, I, F, O, Q as ``TensorizedLSTM``. gates: native_gates.Kernels, or None
+    matrix of location n. Gate order G, I, F, O, Q as ``TensorizedLSTM``. gates: native.Kernels, or None
     (torch ops).
     """
 
@@ -237,7 +237,7 @@ def _finish_backward(ctx, da_flat, da_all, Mo, input_locations, patches, S, R, K
 
 def _native_forward(k, S, a_rows, W2, h_steps, hidden_index, p_steps, p_rows, a4, c, cs, ts, h_out, kerns, kmats,
                     cms, memory_index):
-    """The forward loop with gates.cpp's tlstm_forward after each step's gather and GEMM (C~ kept in cs)."""
+    """The forward loop with native.cpp's tlstm_forward after each step's gather and GEMM (C~ kept in cs)."""
     _, B, N, Mp = a4.shape
     M = cs.shape[-1]
     memory = memory_index is not None
@@ -253,7 +253,7 @@ def _native_forward(k, S, a_rows, W2, h_steps, hidden_index, p_steps, p_rows, a4
 
 def _native_backward(k, S, dH, N, Po, Pc, Pgif, a4, da_all, g_cs, cs, c0, kmats, kerns, memory_index, da_rows, Wt,
                      dp, dp3, dH_steps, hidden_index):
-    """The backward loop with gates.cpp's tlstm_backward before each step's GEMM; dL/dC_0 out."""
+    """The backward loop with native.cpp's tlstm_backward before each step's GEMM; dL/dC_0 out."""
     B, M = cs.shape[1], cs.shape[-1]
     memory = memory_index is not None
     taps = kerns.shape[-1] if memory else 0

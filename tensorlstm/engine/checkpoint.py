@@ -58,7 +58,7 @@ ADDED = (
      "2c6640e: captioning extracted its features on the run's device"),
     ("cell.host_memory", lambda c: "cell" in c, lambda c: "system", "c4d0e26: glibc's defaults for freed memory"),
     ("cell.gates", lambda c: "format" in c["cell"] or "norm" in c["cell"], lambda c: "torch",
-     "d7ffafa: the fused loops' gate math ran on torch ops (before cells/gates.cpp)"),
+     "d7ffafa: the fused loops' gate math ran on torch ops (before tensorlstm/native.cpp)"),
 )
 # values whose type changed: (dotted key, old value -> today's)
 RETYPED = (

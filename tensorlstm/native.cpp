@@ -1,8 +1,10 @@
-// The elementwise part of one LSTM / GRU time step, forward and backward, each in one pass over the batch.
+// tensorlstm's compiled kernels: the elementwise part of one LSTM / GRU / tLSTM time step, forward and backward,
+// each in one pass over the batch.
 //
-// Used by cells/fused_loop.py (and the tLSTM's cells/tlstm_fused.py) through ctypes (cells/native_gates.py compiles this file once per machine and
-// caches the library). Without it a step runs ~11 torch ops forward and ~11 backward on (B, H) slices, each a
-// separate pass over memory and a dispatch; here each is one loop whose values stay in registers.
+// Used by cells/fused_loop.py and the tLSTM's cells/tlstm_fused.py through ctypes (tensorlstm/native.py compiles
+// this file once per machine and caches the library). Without it an LSTM step runs ~11 torch ops forward and ~11
+// backward on (B, H) slices, each a separate pass over memory and a dispatch; here each is one loop whose values
+// stay in registers.
 //
 // Every kernel has the C signature (B, H, operand pointers, row strides): operand k is a row-major (B, width)
 // matrix at p[k] whose rows are s[k] elements apart (columns contiguous); a null pointer is an absent operand.

@@ -1,13 +1,14 @@
-"""The fused gate kernels of gates.cpp (``cell.gates=native``): compiled once per machine, called through ctypes.
+"""tensorlstm's compiled kernels (tensorlstm/native.cpp; ``cell.gates=native``): the gate math of the fused LSTM /
+GRU / tLSTM time loops, built once per machine and called through ctypes.
 
-`kernels(like)` gives the kernels for a tensor's dtype and device, or None where the torch-op path of
-fused_loop.py must run instead: not a CPU tensor, not float32 / float64, or no library (no C++ compiler, a failed
-build, a failed self-check). The library is built with the system's C++ compiler (``$CXX``, else ``c++``) in
-about 2 s, into ``$TLSTM_CACHE_DIR`` (default ``$XDG_CACHE_HOME/tensorlstm``, i.e. ``~/.cache/tensorlstm``), named by a
-hash of the source, the flags and the compiler's version, so a changed source or compiler builds anew. The build
-writes a temporary file and renames it, so processes starting together (DDP ranks) never load a half-written
-library. Nothing needs torch headers or a Python extension build: the C functions take raw pointers and row
-strides (see gates.cpp).
+`kernels(like)` gives the kernels for a tensor's dtype and device, or None where the torch-op path of the loops
+must run instead: not a CPU tensor, not float32 / float64, or no library (no C++ compiler, a failed build, a
+failed self-check). The library is built with the system's C++ compiler (``$CXX``, else ``c++``) in about 2 s,
+into ``$TLSTM_CACHE_DIR`` (default ``$XDG_CACHE_HOME/tensorlstm``, i.e. ``~/.cache/tensorlstm``), named by a hash
+of the source, the flags and the compiler's version, so a changed source or compiler builds anew. The build writes
+a temporary file and renames it, so processes starting together (DDP ranks) never load a half-written library.
+Nothing needs torch headers or a Python extension build: the C functions take raw pointers and row strides (see
+native.cpp).
 """
 
 from __future__ import annotations
@@ -27,11 +28,11 @@ import torch
 
 log = logging.getLogger("tensorlstm")
 
-SOURCE = Path(__file__).with_name("gates.cpp")
+SOURCE = Path(__file__).with_name("native.cpp")
 FLAGS = ("-O3", "-fopenmp-simd", "-fno-math-errno", "-fno-trapping-math", "-fPIC", "-shared")
 LIBS = ("-lmvec", "-lm")  # glibc's vector math library: the vectorized exp of the loops
 MODES = ("native", "torch")
-# kernel name -> its operands, in gates.cpp's order (None-able ones are optional)
+# kernel name -> its operands, in native.cpp's order (None-able ones are optional)
 KERNELS = {
     "lstm_forward": ("a", "bias", "c_prev", "c", "tc", "h"),
     "lstm_backward": ("dh", "dc", "a", "c_prev", "tc", "da"),
@@ -92,7 +93,7 @@ def build() -> Path:
 
 class Kernels:
     """The kernels of one dtype: ``k.lstm_forward(a, c_prev, c, tc, h)`` and so on, every operand a (B, width)
-    tensor of that dtype on the CPU with contiguous rows (or None where gates.cpp allows it), B and H given by
+    tensor of that dtype on the CPU with contiguous rows (or None where native.cpp allows it), B and H given by
     the first operand's rows and the hidden size."""
 
     def __init__(self, lib: ctypes.CDLL, dtype: torch.dtype) -> None:

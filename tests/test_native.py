@@ -1,4 +1,4 @@
-"""The compiled gate kernels (cells/gates.cpp through cells/native_gates.py): every kernel against its torch-op
+"""The compiled gate kernels (tensorlstm/native.cpp through tensorlstm/native.py): every kernel against its torch-op
 form (fused_loop.TorchGates) on strided operands in float32 and float64, the build cache, the fallback to torch
 ops where nothing compiles, and the config key."""
 
@@ -9,13 +9,14 @@ import logging
 import pytest
 import torch
 
-from tensorlstm.cells import build_cell, native_gates
+from tensorlstm import native
+from tensorlstm.cells import build_cell
 from tensorlstm.cells.fused_loop import TorchGates
 from tensorlstm.defaults import cell_config
 from tensorlstm.engine.checkpoint import resume_pins
 from tensorlstm.errors import UserError
 
-needs_library = pytest.mark.skipif(not native_gates.available(), reason="cells/gates.cpp does not build here")
+needs_library = pytest.mark.skipif(not native.available(), reason="tensorlstm/native.cpp does not build here")
 B, H = 5, 7
 
 # per kernel: (operand name, width in units of H, "in" read | "out" written | "io" both); the torch form and the
@@ -56,15 +57,15 @@ def _operand(kind: str, width: int, dtype, g) -> torch.Tensor:
 
 
 def test_kernel_list_matches_the_torch_forms():
-    assert set(native_gates.KERNELS) == set(OPERANDS)
+    assert set(native.KERNELS) == set(OPERANDS)
     for name, operands in OPERANDS.items():
-        assert native_gates.KERNELS[name] == tuple(op for op, _, _ in operands)
+        assert native.KERNELS[name] == tuple(op for op, _, _ in operands)
         assert callable(getattr(TorchGates, name))
 
 
 # every kernel, and those with the optional addend g of carry also without it
 CASES = [(name, False) for name in sorted(OPERANDS)] + [
-    (name, True) for name in sorted(OPERANDS) if "g" in native_gates.KERNELS[name]]
+    (name, True) for name in sorted(OPERANDS) if "g" in native.KERNELS[name]]
 
 
 @needs_library
@@ -74,9 +75,9 @@ def test_each_kernel_equals_its_torch_form(name, without_g, dtype):
     g = torch.Generator().manual_seed(0)
     ops = [_operand(kind, w * H, dtype, g) for _, w, kind in OPERANDS[name]]
     if without_g:
-        ops[native_gates.KERNELS[name].index("g")] = None
+        ops[native.KERNELS[name].index("g")] = None
     theirs = [None if t is None else t.clone() for t in ops]
-    getattr(native_gates.kernels(ops[0]), name)(H, *ops)
+    getattr(native.kernels(ops[0]), name)(H, *ops)
     getattr(TorchGates, name)(H, *theirs)
     tol = dict(rtol=1e-6, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-13, atol=1e-13)
     for (op, _, _), mine, ref in zip(OPERANDS[name], ops, theirs):
@@ -86,7 +87,7 @@ def test_each_kernel_equals_its_torch_form(name, without_g, dtype):
 
 @needs_library
 def test_rows_must_have_contiguous_columns():
-    k = native_gates.kernels(torch.zeros(1))
+    k = native.kernels(torch.zeros(1))
     a = torch.randn(4 * H, B).t()  # columns strided
     with pytest.raises(ValueError, match="contiguous columns"):
         k.lstm_forward(H, a, *(torch.zeros(B, H) for _ in range(4)))
@@ -95,10 +96,10 @@ def test_rows_must_have_contiguous_columns():
 @needs_library
 def test_the_library_is_built_once_and_cached(tmp_path, monkeypatch):
     monkeypatch.setenv("TLSTM_CACHE_DIR", str(tmp_path))
-    path = native_gates.build()
+    path = native.build()
     assert path.parent == tmp_path and path.suffix == ".so"
     stamp = path.stat().st_mtime_ns
-    assert native_gates.build() == path and path.stat().st_mtime_ns == stamp  # not rebuilt
+    assert native.build() == path and path.stat().st_mtime_ns == stamp  # not rebuilt
     assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary file left
 
 
@@ -106,10 +107,10 @@ def test_without_a_compiler_the_cells_run_on_torch_ops(tmp_path, monkeypatch, ca
     """No library: one warning, and the cell computes what cell.gates=torch computes."""
     monkeypatch.setenv("TLSTM_CACHE_DIR", str(tmp_path))  # an empty cache: it would have to build
     monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
-    native_gates._load.cache_clear()
+    native._load.cache_clear()
     try:
         with caplog.at_level(logging.WARNING, logger="tensorlstm"):
-            assert native_gates.kernels(torch.zeros(1)) is None
+            assert native.kernels(torch.zeros(1)) is None
         assert "cell.gates=native" in caplog.text and "no C++ compiler" in caplog.text
         torch.manual_seed(0)
         nets = [build_cell(cell_config("tt", base="lstm", rank=2, gates=gates), 8, 4) for gates in ("native", "torch")]
@@ -118,7 +119,7 @@ def test_without_a_compiler_the_cells_run_on_torch_ops(tmp_path, monkeypatch, ca
         y0, y1 = (net(x)[0] for net in nets)
         assert torch.equal(y0, y1)
     finally:
-        native_gates._load.cache_clear()
+        native._load.cache_clear()
 
 
 def test_an_unknown_value_is_a_user_error():
