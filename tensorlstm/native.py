@@ -26,6 +26,8 @@ from pathlib import Path
 
 import torch
 
+from tensorlstm.errors import UserError
+
 log = logging.getLogger("tensorlstm")
 
 SOURCE = Path(__file__).with_name("native.cpp")
@@ -49,6 +51,13 @@ KERNELS_3D = {
     "tlstm_backward": ("dh", "dc_in", "po", "pc", "pgif", "f", "da", "dc_out", "g", "c_prev", "km", "k", "dcm",
                        "index"),
 }
+
+
+def check_mode(mode: str) -> str:
+    """`mode` (a cell.gates value) where it is one of MODES, else the one-line UserError."""
+    if mode not in MODES:
+        raise UserError(f"unknown cell.gates {mode!r}; choose one of: {', '.join(MODES)}")
+    return mode
 
 
 def cache_dir() -> Path:

@@ -161,6 +161,8 @@ CASES = [
     (T, ["cell.gate_mode=middle"], "cell.gate_mode=middle"),
     (T, ["cell.base=rnn"], "cell.base"),
     (T, ["cell.gate_activation=relu"], "gate_activation"),
+    (T, ["cell.gates=fast"], "cell.gates 'fast'"),
+    (T, ["cell=tlstm", "cell.gates=fast"], "cell.gates 'fast'"),
     (T, ["cell.layers=0"], "cell.layers=0"),
     (T, ["cell.hidden_size=0"], "cell.hidden_size=0"),
     (T, ["cell=tt", "cell.forward=fast"], "fast"),

@@ -7,21 +7,21 @@ into preallocated (T, B, .) buffers; the backward walks the steps in reverse wit
 step (``sigmoid_backward`` / ``tanh_backward`` give a gate's pre-activation gradient in one op) and a single
 ``addmm`` for dL/dh_{t-1}, and then forms dL/dU as ONE (H x T*B) @ (T*B x G) product.
 
-Exactness: the forward computes the same expressions as ``RecurrentLayer.cell`` in the same order of
-operations (tests compare it in float64 with torch.nn.LSTM / torch.nn.GRU and run gradcheck), and only
-plain torch ops are used, so it runs on any device. The layer uses it for sigmoid gates outside autocast
-(LSTM, reset-after and reset-before GRU, with or without lengths); hard_sigmoid gates and autocast take the
-general autograd loop.
+Exactness: the forward computes the same expressions as ``RecurrentLayer.cell`` (tests compare it in float64 with
+torch.nn.LSTM / torch.nn.GRU and with the general loop, and run gradcheck, with either gate kernels); the order of
+a few operations differs (the input bias is added inside the step, tanh goes through the sigmoid), so float64
+results agree to ~1e-15, not bit for bit. The layer uses it for sigmoid gates outside autocast (LSTM, reset-after
+and reset-before GRU, with or without lengths); hard_sigmoid gates and autocast take the general autograd loop.
 
 The elementwise part of each step is a "gate kernel" (forward and backward, one per cell form) of a `gates` object:
-`native.Kernels` (native.cpp compiled for this machine: one pass per step on a CPU in float32 / float64,
-``cell.gates=native``) or `TorchGates` below (the same formulas in torch ops: any device and dtype).
+`native.Kernels` (tensorlstm/native.cpp compiled for this machine: one pass per step on a CPU in float32 /
+float64, ``cell.gates=native``) or `TorchGates` below (the same formulas in plain torch ops: any device and dtype).
 
-Inputs (all per layer): xw (T, B, G) the projected inputs with the bias folded in; U (H, G); the initial
-state; an optional recurrent-dropout mask (B, H) applied to h_{t-1} before U; for the reset-after GRU the
-recurrent-side bias ``bias_hu`` = [0, 0, b_hn] (G,) added inside h U; an optional ``alive`` (T, B, 1) mask
-from the lengths (``alive_mask``): a finished sequence outputs zeros and keeps its last state, as in the
-general loop.
+Inputs (all per layer): xw (T, B, G) = x W for all steps; the input bias b (G,), added inside the loop (the native
+kernels add it in the step, TorchGates to all steps at once); U (H, G); the initial state; an optional
+recurrent-dropout mask (B, H) applied to h_{t-1} before U; for the reset-after GRU the recurrent-side bias
+``bias_hu`` = [0, 0, b_hn] (G,) added inside h U; an optional ``alive`` (T, B, 1) mask from the lengths
+(``alive_mask``): a finished sequence outputs zeros and keeps its last state, as in the general loop.
 """
 
 from __future__ import annotations

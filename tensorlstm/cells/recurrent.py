@@ -63,8 +63,6 @@ class RecurrentLayer(nn.Module):
         gate_kernels: str = "native",
     ) -> None:
         super().__init__()
-        if gate_kernels not in native.MODES:
-            raise UserError(f"unknown cell.gates {gate_kernels!r}; choose one of: {', '.join(native.MODES)}")
         if base not in GATES:
             raise UserError(f"unknown cell base {base!r}; choose lstm or gru")
         if gate_activation not in ACTIVATIONS:
@@ -86,7 +84,7 @@ class RecurrentLayer(nn.Module):
         self.bias_hn = nn.Parameter(torch.zeros(hidden_size)) if self.reset_after else None
         self.dropout, self.recurrent_dropout = dropout, recurrent_dropout
         self.gate = ACTIVATIONS[gate_activation]
-        self.gate_kernels = gate_kernels  # cell.gates
+        self.gate_kernels = native.check_mode(gate_kernels)  # cell.gates
 
     def _init_recurrent(self) -> None:
         """Orthogonal H x H block per gate, the usual recurrent init."""
@@ -412,7 +410,7 @@ def build_recurrent(cfg: dict, input_size: int, hidden_size: int, in_modes=None,
     activation = cfg["gate_activation"]
     factorize_hidden = bool(cfg["factorize_hidden"])
     reset_after = bool(cfg["reset_after"])
-    gates = cfg["gates"]  # configs saved before the key get gates=torch from engine.checkpoint.upgrade_config
+    gates = native.check_mode(cfg["gates"])  # saved before the key: gates=torch (engine.checkpoint.upgrade_config)
     G = GATES[base]
     info = {"base": base, "format": fmt, "hidden_size": H, "layers": n_layers}
 

@@ -66,9 +66,7 @@ class TensorizedLSTM(RecurrentNet):
         gate_kernels: str = "native",
     ) -> None:
         super().__init__()
-        if gate_kernels not in native.MODES:
-            raise UserError(f"unknown cell.gates {gate_kernels!r}; choose one of: {', '.join(native.MODES)}")
-        self.gate_kernels = gate_kernels  # cell.gates: the fused loop's step kernels (norm=none)
+        self.gate_kernels = native.check_mode(gate_kernels)  # cell.gates: the fused loop's step kernels (norm=none)
         if norm not in NORMS:
             raise UserError(f"unknown cell.norm {norm!r}; choose one of: {', '.join(NORMS)}")
         if norm in ("cn", "ccn") and geometry.locations < 2:
@@ -417,7 +415,7 @@ def build_tlstm(
         norm=str(cfg["norm"]),
         forget_bias=float(cfg["forget_bias"]),
         dropout=float(cfg["dropout"]),
-        gate_kernels=cfg["gates"],  # configs saved before the key get gates=torch from engine.checkpoint.upgrade_config
+        gate_kernels=cfg["gates"],  # saved before the key: gates=torch (engine.checkpoint.upgrade_config)
     )
 
 
