@@ -74,7 +74,7 @@ def _compiler() -> str | None:
 def _library_path(cxx: str) -> Path:
     version = subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=60).stdout
     key = hashlib.sha256("\0".join([SOURCE.read_text(), *FLAGS, *LIBS, version, platform.machine()]).encode())
-    return cache_dir() / f"gates-{key.hexdigest()[:16]}.so"
+    return cache_dir() / f"native-{key.hexdigest()[:16]}.so"
 
 
 def build() -> Path:
@@ -101,9 +101,9 @@ def build() -> Path:
 
 
 class Kernels:
-    """The kernels of one dtype: ``k.lstm_forward(a, c_prev, c, tc, h)`` and so on, every operand a (B, width)
-    tensor of that dtype on the CPU with contiguous rows (or None where native.cpp allows it), B and H given by
-    the first operand's rows and the hidden size."""
+    """The kernels of one dtype, named as in KERNELS and KERNELS_3D: ``k.lstm_forward(H, a, bias, c_prev, c, tc, h)``
+    (B from the first operand's rows) and ``k.tlstm_forward(B, N, M, taps, ...)``; every operand a tensor of that
+    dtype on the CPU whose rows have contiguous columns, or None where native.cpp allows it."""
 
     def __init__(self, lib: ctypes.CDLL, dtype: torch.dtype) -> None:
         suffix = {torch.float32: "f32", torch.float64: "f64"}[dtype]
@@ -129,7 +129,6 @@ class Kernels:
         first = mats[0]
         fn(first.shape[0], H, ptrs_t(*[0 if m is None else m.data_ptr() for m in mats]),
            strides_t(*[0 if m is None else m.stride(0) for m in mats]))
-
 
     @staticmethod
     def _call_3d(fn, ptrs_t, strides_t, B: int, N: int, M: int, taps: int, *ops) -> None:
