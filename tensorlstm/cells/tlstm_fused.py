@@ -79,7 +79,8 @@ class TLSTMSequence(torch.autograd.Function):
         hbuf[:, :, N].zero_()
         hbuf[0, :, :N] = h0
         patches = W.new_empty(S, B, N * taps, M)
-        cs = W.new_empty(S, B, N, M)  # C~_t = -2 C_t
+        cs_ext = W.new_empty(S + 1, B, N, M)  # [C~_0, C~_1, ..., C~_S] with C~_t = -2 C_t (C_t after the loop)
+        cs = cs_ext[1:]
         ts = W.new_empty(S, B, N, M)  # sigmoid(C~_t): tanh(C_t) = 1 - 2 ts
         a4 = acts.view(S, B, N, Mp)
         h_steps, p_steps = hbuf.unbind(0), patches.unbind(0)
@@ -89,12 +90,12 @@ class TLSTMSequence(torch.autograd.Function):
             cms = W.new_empty(S, B, N, M)  # conv(C~_{t-1}, softmax(A^q))
             kmats = W.new_zeros(S, B, N * N)  # per location n, row n: its kernel at the taps' locations
             kerns = W.new_empty(S, B, N, taps)
-        c = c0 * -2.0
+        c = torch.mul(c0, -2.0, out=cs_ext[0])
         if gates is not None:
-            _native_forward(gates, S, a_rows, W2, h_steps, hidden_index, p_steps, p_rows, a4, c, cs, ts,
+            _native_forward(gates, S, a_rows, W2, h_steps, hidden_index, p_steps, p_rows, a4, cs_ext, ts,
                             hbuf[1:, :, :N], kerns, kmats, cms, memory_index)
-            return _finish_forward(ctx, gates, hbuf, N, cs, acts, patches, ts, W, c0, hidden_index, input_locations,
-                                   cms, kmats, kerns, memory_index)
+            return _finish_forward(ctx, gates, hbuf, N, cs_ext, acts, patches, ts, W, c0, hidden_index,
+                                   input_locations, cms, kmats, kerns, memory_index)
         h_out = hbuf[1:, :, :N].unbind(0)
         sig_steps = a4[..., : 4 * M].unbind(0)
         g_steps, i_steps, f_steps, o_steps = (a4[..., k * M : (k + 1) * M].unbind(0) for k in range(4))
@@ -119,14 +120,15 @@ class TLSTMSequence(torch.autograd.Function):
             c.add_(i_steps[s], alpha=2.0)
             torch.sigmoid(c, out=t_steps[s])
             torch.addcmul(o_steps[s], o_steps[s], t_steps[s], value=-2.0, out=h_out[s])
-        return _finish_forward(ctx, gates, hbuf, N, cs, acts, patches, ts, W, c0, hidden_index, input_locations,
+        return _finish_forward(ctx, gates, hbuf, N, cs_ext, acts, patches, ts, W, c0, hidden_index, input_locations,
                                cms, kmats, kerns, memory_index)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, g_hs, g_cs):  # noqa: D102
         saved = ctx.saved_tensors
-        acts, patches, cs, ts, W, c0, hidden_index, input_locations = saved[:8]
+        acts, patches, cs_ext, ts, W, c0, hidden_index, input_locations = saved[:8]
+        cs = cs_ext[1:]  # C_t; cs_ext[0] = C_0
         memory = ctx.memory
         S, B, N, M = cs.shape
         KM, Mo = W.shape
@@ -139,7 +141,7 @@ class TLSTMSequence(torch.autograd.Function):
             cms, kmats, kerns, memory_index = saved[8:]
             cm = cms * -0.5  # conv(C_{t-1})
         else:
-            cm = torch.cat([c0.unsqueeze(0), cs[:-1]])
+            cm = cs_ext[:-1]  # C_{t-1}
         # local derivatives of every step at once: dL/dA^o = dh * Po, dL/dC_t += dh * Pc, and
         # dL/d(A^g, A^i, A^f) = dc * Pgif
         tc = torch.mul(ts, -2.0).add_(1.0)  # tanh(C_t)
@@ -165,7 +167,7 @@ class TLSTMSequence(torch.autograd.Function):
         dp = cs.new_empty(R, KM)
         dp3 = dp.view(B, N * taps, M)
         if ctx.gates is not None:
-            dc_next = _native_backward(ctx.gates, S, dH, N, Po, Pc, Pgif, a4, da_all, g_cs, cs, c0,
+            dc_next = _native_backward(ctx.gates, S, dH, N, Po, Pc, Pgif, a4, da_all, g_cs, cs_ext,
                                        kmats if memory else None, kerns if memory else None,
                                        memory_index if memory else None, da_rows, Wt, dp, dp3, dH_steps, hidden_index)
             return _finish_backward(ctx, da_flat, da_all, Mo, input_locations, patches, S, R, KM, Mp, dh_steps, dc_next)
@@ -177,7 +179,7 @@ class TLSTMSequence(torch.autograd.Function):
         g_c = g_cs.unbind(0) if g_cs is not None else None
         if memory:
             gather_index = memory_index.expand(B, -1)
-            c_t = torch.cat([c0.unsqueeze(0), cs[:-1]]).transpose(2, 3).unbind(0)  # C_{t-1}^T per step
+            c_t = cs_ext[:-1].transpose(2, 3).unbind(0)  # C_{t-1}^T per step
             km_t = kmats.view(S, B, N, N).transpose(2, 3).unbind(0)
             k_steps, da_q = kerns.unbind(0), da_all[..., 4 * M : Mo].unbind(0)
             dk, dkern, kd = cs.new_empty(B, N, N), cs.new_empty(B, N, taps), cs.new_empty(B, N, taps)
@@ -212,16 +214,16 @@ class TLSTMSequence(torch.autograd.Function):
         return _finish_backward(ctx, da_flat, da_all, Mo, input_locations, patches, S, R, KM, Mp, dh_steps, dc_next)
 
 
-def _finish_forward(ctx, gates, hbuf, N, cs, acts, patches, ts, W, c0, hidden_index, input_locations, cms, kmats,
+def _finish_forward(ctx, gates, hbuf, N, cs_ext, acts, patches, ts, W, c0, hidden_index, input_locations, cms, kmats,
                     kerns, memory_index):
-    cs = cs.mul_(-0.5)  # C_t (exact)
-    saved = [acts, patches, cs, ts, W, c0, hidden_index, input_locations]
+    cs_ext.mul_(-0.5)  # C_t (exact: a power of two, and C_0 comes back as c0)
+    saved = [acts, patches, cs_ext, ts, W, c0, hidden_index, input_locations]
     if memory_index is not None:
         saved += [cms, kmats, kerns, memory_index]
     ctx.save_for_backward(*saved)
     ctx.memory, ctx.gates = memory_index is not None, gates
     ctx.set_materialize_grads(False)
-    return hbuf[1:, :, :N], cs
+    return hbuf[1:, :, :N], cs_ext[1:]
 
 
 def _finish_backward(ctx, da_flat, da_all, Mo, input_locations, patches, S, R, KM, Mp, dh_steps, dc_next):
@@ -235,42 +237,38 @@ def _finish_backward(ctx, da_flat, da_all, Mo, input_locations, patches, S, R, K
     return db, dx, None, dW, dh_steps[0].clone(), dc_next.clone(), None, None, None
 
 
-def _native_forward(k, S, a_rows, W2, h_steps, hidden_index, p_steps, p_rows, a4, c, cs, ts, h_out, kerns, kmats,
+def _native_forward(k, S, a_rows, W2, h_steps, hidden_index, p_steps, p_rows, a4, cs_ext, ts, h_out, kerns, kmats,
                     cms, memory_index):
-    """The forward loop with native.cpp's tlstm_forward after each step's gather and GEMM (C~ kept in cs)."""
-    _, B, N, Mp = a4.shape
-    M = cs.shape[-1]
+    """The forward loop with native.cpp's tlstm_forward after each step's gather and GEMM: C~_{t-1} from
+    cs_ext[s], C~_t into cs_ext[s + 1]."""
+    _, B, N, _ = a4.shape
+    M = ts.shape[-1]
     memory = memory_index is not None
-    taps = kerns.shape[-1] if memory else 0
-    km4 = kmats.view(S, B, N, N) if memory else None
+    step = k.tlstm_forward(B, N, M, kerns.shape[-1] if memory else 0, (a4, 0), (cs_ext, 0), (cs_ext, 1), (ts, 0),
+                           (h_out, 0), (kerns, 0) if memory else None,
+                           (kmats.view(S, B, N, N), 0) if memory else None, (cms, 0) if memory else None,
+                           memory_index)
     for s in range(S):
         torch.index_select(h_steps[s], 1, hidden_index, out=p_steps[s])
         a_rows[s].addmm_(p_rows[s], W2)
-        k.tlstm_forward(B, N, M, taps, (a4, s), c if s == 0 else (cs, s - 1), (cs, s), (ts, s), (h_out, s),
-                        (kerns, s) if memory else None, (km4, s) if memory else None, (cms, s) if memory else None,
-                        memory_index)
+        step(s)
 
 
-def _native_backward(k, S, dH, N, Po, Pc, Pgif, a4, da_all, g_cs, cs, c0, kmats, kerns, memory_index, da_rows, Wt,
+def _native_backward(k, S, dH, N, Po, Pc, Pgif, a4, da_all, g_cs, cs_ext, kmats, kerns, memory_index, da_rows, Wt,
                      dp, dp3, dH_steps, hidden_index):
     """The backward loop with native.cpp's tlstm_backward before each step's GEMM; dL/dC_0 out."""
-    B, M = cs.shape[1], cs.shape[-1]
+    B, M = cs_ext.shape[1], cs_ext.shape[-1]
     memory = memory_index is not None
-    taps = kerns.shape[-1] if memory else 0
-    km4 = kmats.view(S, B, N, N) if memory else None
-    dh_all, f_all, pgif = dH[:, :, :N], a4[..., 2 * M : 3 * M], Pgif.view(S, B, N, 3 * M)
-    g_cs = None if g_cs is None else g_cs.contiguous()
-    c0 = c0.contiguous()
-    dc = cs.new_empty(B, N, M)  # dL/dC_t in, dL/dC_{t-1} out (the kernel reads each element before it writes it)
-    dcm = cs.new_empty(B, N, M) if memory else None
-    dc_in = None if g_cs is None else g_cs[S - 1]
+    # dL/dC_t in, dL/dC_{t-1} out, one buffer (the kernel reads each element before it writes it); it starts as
+    # the outside gradient of C_T (or zero), and the outside gradient of C_{t-1} is added at step t (none at 0)
+    dc = torch.zeros_like(cs_ext[0]) if g_cs is None else g_cs[S - 1].clone(memory_format=torch.contiguous_format)
+    g_prev = None if g_cs is None else (torch.cat([torch.zeros_like(g_cs[:1]), g_cs[:-1]]), 0)
+    step = k.tlstm_backward(B, N, M, kerns.shape[-1] if memory else 0, (dH[:, :, :N], 1), dc, (Po, 0), (Pc, 0),
+                            (Pgif.view(S, B, N, 3 * M), 0), (a4[..., 2 * M : 3 * M], 0), (da_all, 0), dc, g_prev,
+                            (cs_ext, 0) if memory else None, (kmats.view(S, B, N, N), 0) if memory else None,
+                            (kerns, 0) if memory else None, torch.empty_like(dc) if memory else None, memory_index)
     for s in range(S - 1, -1, -1):
-        c_prev = (c0 if s == 0 else (cs, s - 1)) if memory else None
-        g_prev = None if g_cs is None or s == 0 else (g_cs, s - 1)
-        k.tlstm_backward(B, N, M, taps, (dh_all, s + 1), dc_in, (Po, s), (Pc, s), (pgif, s), (f_all, s), (da_all, s),
-                         dc, g_prev, c_prev, (km4, s) if memory else None, (kerns, s) if memory else None, dcm,
-                         memory_index)
-        dc_in = dc
+        step(s)
         torch.mm(da_rows[s], Wt, out=dp)
         dH_steps[s].index_add_(1, hidden_index, dp3)
     return dc
