@@ -429,10 +429,11 @@ def main(argv: list[str] | None = None) -> int:
                           ("cpu" if args.device == "auto" else args.device))
     set_tf32(False)  # cuDNN's nn.LSTM baseline and our cuBLAS GEMMs in the same (strict fp32) precision
     # the cells' YAML default, for the whole process before anything is timed: the baselines run under it too
-    host_memory = cell_config("lstm")["host_memory"]
+    defaults = cell_config("lstm")
+    host_memory = defaults["host_memory"]
     if not set_host_memory(host_memory) and host_memory == "keep":
         host_memory = "keep (no effect: no glibc mallopt here)"
-    gates = cell_config("lstm")["gates"]  # our loops' gate math (the YAML default), stated in the header
+    gates = defaults["gates"]  # our loops' gate math (the YAML default), stated in the header
     if gates == "native":
         gates = "native (tensorlstm/native.cpp)" if native.kernels(torch.zeros(1, device=device)) else \
             "native asked, torch ops ran (not built here, or not a CPU)"

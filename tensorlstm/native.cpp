@@ -45,6 +45,13 @@ inline T tnh(T x) { return T(2) * sig(T(2) * x) - T(1); }
 template <typename T>
 inline T dsig(T y) { return (T(1) - y) * y; }  // sigmoid' from its value
 
+// through h = lerp(n, h_{t-1}, z), both GRU forms: dz = dL/d(z pre-activation), dn = dL/d(n pre-activation)
+template <typename T>
+inline void zn_backward(T d, T z, T n, T hp, T& dz, T& dn) {
+  dz = (hp - n) * d * dsig(z);
+  dn = (d - d * z) * (T(1) - n * n);
+}
+
 template <typename T>
 inline T lerp(T start, T end, T w) {  // torch.lerp: start + w (end - start), from the nearer end
   return w < T(0.5) ? start + w * (end - start) : end - (end - start) * (T(1) - w);
@@ -125,9 +132,8 @@ void gru_backward(long B, long H, void* const* p, const long* s) {
     T* gb = g ? g[b] : nullptr;
 #pragma omp simd
     for (long j = 0; j < H; ++j) {
-      T r = ab[j], z = ab[H + j], n = ab[2 * H + j], d = dhb[j];
-      dub[H + j] = (hpb[j] - n) * d * dsig(z);
-      T dnj = (d - d * z) * (T(1) - n * n);
+      T r = ab[j], z = ab[H + j], n = ab[2 * H + j], d = dhb[j], dnj;
+      zn_backward(d, z, n, hpb[j], dub[H + j], dnj);
       dnb[j] = dnj;
       dub[j] = dnj * ub[2 * H + j] * dsig(r);
       dub[2 * H + j] = dnj * r;
@@ -174,9 +180,7 @@ void gru_before_backward_n(long B, long H, void* const* p, const long* s) {
     T *dhb = dh[b], *zb = z[b], *nb = n[b], *hpb = hp[b], *dzb = dz[b], *dnb = dn[b];
 #pragma omp simd
     for (long j = 0; j < H; ++j) {
-      T d = dhb[j], zj = zb[j], nj = nb[j];
-      dzb[j] = (hpb[j] - nj) * d * dsig(zj);
-      dnb[j] = (d - d * zj) * (T(1) - nj * nj);
+      zn_backward(dhb[j], zb[j], nb[j], hpb[j], dzb[j], dnb[j]);
     }
   }
 }

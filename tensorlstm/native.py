@@ -100,6 +100,12 @@ def build() -> Path:
     return path
 
 
+def _check_rows(t: torch.Tensor) -> None:
+    """Every operand of a kernel is read row by row: its columns must be contiguous."""
+    if t.stride(-1) != 1:
+        raise ValueError("native kernels need rows with contiguous columns")
+
+
 class Kernels:
     """The kernels of one dtype, named as in KERNELS and KERNELS_3D: ``k.lstm_forward(H, a, bias, c_prev, c, tc, h)``
     (B from the first operand's rows) and ``k.tlstm_forward(B, N, M, taps, ...)``; every operand a tensor of that
@@ -124,8 +130,8 @@ class Kernels:
     @staticmethod
     def _call(fn, ptrs_t, strides_t, H: int, *mats: torch.Tensor | None) -> None:
         for m in mats:
-            if m is not None and m.stride(-1) != 1:
-                raise ValueError("native gate kernels need rows with contiguous columns")
+            if m is not None:
+                _check_rows(m)
         first = mats[0]
         fn(first.shape[0], H, ptrs_t(*[0 if m is None else m.data_ptr() for m in mats]),
            strides_t(*[0 if m is None else m.stride(0) for m in mats]))
@@ -147,8 +153,7 @@ class StepCall:
                 ptrs.append(0 if t is None else t.data_ptr())
                 strides += (0, 0)
                 continue
-            if t.stride(-1) != 1:
-                raise ValueError("native kernels need rows with contiguous columns")
+            _check_rows(t)
             ptrs.append(t.data_ptr())
             if shift is None:
                 strides += (t.stride(0), t.stride(1))

@@ -132,12 +132,8 @@ class TorchGates:
     @staticmethod
     def gru_backward(H, dh, a, hu, h_prev, g, dhu, dn, carry) -> None:  # noqa: D102
         r, z, n = a[:, :H], a[:, H : 2 * H], a[:, 2 * H :]
+        TorchGates.gru_before_backward_n(H, dh, z, n, h_prev, dhu[:, H : 2 * H], dn)  # z and n: as both forms
         tmp = torch.empty_like(dn)
-        # z: dh * (h_{t-1} - n); n: dh * (1 - z)
-        torch.sub(h_prev, n, out=tmp).mul_(dh)
-        _sig_bwd(tmp, z, grad_input=dhu[:, H : 2 * H])
-        torch.addcmul(dh, dh, z, value=-1, out=tmp)
-        _tanh_bwd(tmp, n, grad_input=dn)
         # r: dn * hu_n; hu_n: dn * r
         torch.mul(dn, hu[:, 2 * H :], out=tmp)
         _sig_bwd(tmp, r, grad_input=dhu[:, :H])
@@ -159,6 +155,7 @@ class TorchGates:
     @staticmethod
     def gru_before_backward_n(H, dh, z, n, h_prev, dz, dn) -> None:  # noqa: D102
         tmp = torch.empty_like(dn)
+        # z: dh * (h_{t-1} - n); n: dh * (1 - z)
         torch.sub(h_prev, n, out=tmp).mul_(dh)
         _sig_bwd(tmp, z, grad_input=dz)
         torch.addcmul(dh, dh, z, value=-1, out=tmp)

@@ -383,7 +383,7 @@ def curve_lines(table: dict, rows: list[dict]) -> list[str]:
 def write_report(table: dict, name: str, rows: list[dict], out_dir: Path) -> Path:
     plot_params_vs_metric(table, rows, out_dir / "params_vs_metric.png")
     plot_curves(table, rows, out_dir / "curves.png")
-    finished = sum(r["ours"] is not None or bool(r["missing"]) for r in rows)
+    finished = sum(_finished(r) for r in rows)
     lines = [f"# {table['title']}", "",
              f"`tlstm reproduce {name}`: {finished} of {len(rows)} rows finished. Ours: test {table['metric']} "
              "of the best-validation checkpoint; paper: the number in the paper (see the notes for its source).",
@@ -458,6 +458,12 @@ def _published(results_dir: Path):
         yield csv_path.parent.name, title, rows
 
 
+def _finished(r: dict) -> bool:
+    """A row whose run finished: it has our value, or the table's words for a finished run without one. Rows come
+    from `collect_row` (None where empty) or from a published table.csv ('' where empty)."""
+    return r["ours"] not in (None, "") or bool(r.get("missing"))
+
+
 def _missing(r: dict) -> str:
     """A finished run's entry where it has no value of the metric, e.g. '99% not reached in 3,000 steps'."""
     steps = _num(r["steps"]) if isinstance(r["steps"], str) else r["steps"]
@@ -476,7 +482,7 @@ def results_section(results_dir: Path) -> str:
     marked as such, with their latest validation value) and a link to the report."""
     out = [README_BEGIN, ""]
     for name, title, rows in _published(results_dir):
-        done = [r for r in rows if r["ours"] or r.get("missing")]
+        done = [r for r in rows if _finished(r)]
         partial = [r for r in rows if _partial(r)]
         out += [f"**{title}** ([report](docs/results/{name}/report.md): budget, notes, figures; "
                 f"{len(done)} of {len(rows)} rows finished" + (f", {len(partial)} stopped part-way" if partial else "")
@@ -496,7 +502,7 @@ def results_index(results_dir: Path) -> str:
     """docs/results.md's index: every published table in full (every row, finished or not) with its report."""
     out = [INDEX_BEGIN, ""]
     for name, title, rows in _published(results_dir):
-        done = sum(bool(r["ours"] or r.get("missing")) for r in rows)
+        done = sum(_finished(r) for r in rows)
         table_md = (results_dir / name / "table.md").read_text().splitlines()
         body = [line for line in table_md[1:] if line.strip()]
         out += [f"### {title}", "", f"`tlstm reproduce {name}`: {done} of {len(rows)} rows finished; "

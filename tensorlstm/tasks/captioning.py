@@ -159,11 +159,15 @@ class CaptioningTask(Task):
         target = tokens[:, 1:]
         nll = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), target.reshape(-1),
                               ignore_index=self.vocab.pad, reduction="sum")
-        return nll, (target != self.vocab.pad).sum()
+        return nll, self._words(tokens)
+
+    def _words(self, tokens: torch.Tensor) -> torch.Tensor:
+        """How many caption words (and end tokens) the loss is a mean over: the targets that are not padding."""
+        return (tokens[:, 1:] != self.vocab.pad).sum()
 
     def loss_terms(self, batch: Batch) -> float:
         """The loss is a mean over the caption words (and end tokens) of the batch, not over its images."""
-        return float((batch["tokens"][:, 1:] != self.vocab.pad).sum())
+        return float(self._words(batch["tokens"]))
 
     def loss(self, model: nn.Module, batch: Batch, state=None) -> tuple[torch.Tensor, dict, None]:
         total, words = self._nll(model, batch)
