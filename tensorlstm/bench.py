@@ -48,7 +48,7 @@ from tensorlstm.defaults import cell_config
 from tensorlstm.engine.seeding import set_tf32
 from tensorlstm.errors import ArgumentParser, UserError
 from tensorlstm.host_memory import set_host_memory
-from tensorlstm.tensor import DEFAULT_RANK, build_map, factorized_formats, gate_modes
+from tensorlstm.tensor import DEFAULT_RANK, build_map, factorized_formats, gate_modes, kernels
 
 SEQ = dict(batch=32, steps=100, input=256, hidden=512, in_modes=[4, 4, 4, 4], hidden_modes=[8, 4, 4, 4])
 UCF = dict(batch=16, steps=6, input=57600, hidden=256, in_modes=[8, 20, 20, 18], hidden_modes=[4, 4, 4, 4],
@@ -437,17 +437,18 @@ def main(argv: list[str] | None = None) -> int:
     if gates == "native":
         gates = "native (tensorlstm/native.cpp)" if native.kernels(torch.zeros(1, device=device)) else \
             "native asked, torch ops ran (not built here, or not a CPU)"
+    chains = "oneDNN" if kernels.onednn_beats_mkl() else "torch's matmul (MKL on an Intel CPU)"
     timer = Timer(args.timer, device)
     rounds = args.rounds or (3 if args.quick else 9)
     notes: list[str] = []
     started = time.perf_counter()
     results: dict[str, list[dict]] = {}
     out = ["# Speed", "", f"Made by `tlstm bench {' '.join(argv if argv is not None else sys.argv[1:])}` on "
-           f"{platform.processor() or platform.machine()} ({device}), torch {torch.__version__}, "
+           f"{kernels.cpu_info('model name') or platform.machine()} ({device}), torch {torch.__version__}, "
            f"{torch.get_num_threads()} thread(s), timer: {timer.kind}, host memory: "
            f"{host_memory} (cell.host_memory, for every case), gate math of our loops: {gates} (cell.gates), "
-           f"{rounds} interleaved rounds per section "
-           "(order rotated each round). Times: median [min-max]; ratios: median [min-max] of the per-round "
+           f"the maps' plain float32 GEMMs on the CPU: {chains} (tensor/kernels.py), {rounds} interleaved rounds "
+           "per section (order rotated each round). Times: median [min-max]; ratios: median [min-max] of the per-round "
            "ratios, >1 = the row is faster. Only cases of one table are compared, and every table was measured "
            "in this one run."]
     if "sequence" in sections:

@@ -3,20 +3,49 @@ gradients against torch's matmul, float64 (the exact path) against the dense W, 
 
 from __future__ import annotations
 
+import platform
+from pathlib import Path
+
 import pytest
 import torch
 
-from tensorlstm.tensor import build_map, gate_modes
+from tensorlstm.tensor import build_map, gate_modes, kernels
 from tensorlstm.tensor.kernels import Gemm, onednn_linear_ok, use_onednn
 
 CPU = torch.device("cpu")
 needs_onednn = pytest.mark.skipif(not onednn_linear_ok(), reason="this torch build has no working oneDNN linear")
 
 
+@pytest.fixture
+def chains_on(monkeypatch):
+    """chains_on(True): the chains' plain GEMMs run on oneDNN whatever this CPU's vendor; False: on torch's matmul."""
+    return lambda onednn: monkeypatch.setattr(kernels, "onednn_beats_mkl", lambda: onednn)
+
+
+@pytest.mark.parametrize("vendor,mkl,onednn", [
+    ("GenuineIntel", True, False),  # MKL runs its AVX-512 GEMMs on Intel CPUs: torch's matmul
+    ("AuthenticAMD", True, True),  # ... and its AVX2 ones elsewhere: oneDNN
+    ("GenuineIntel", False, True),  # a torch without MKL: another BLAS, oneDNN as before
+    ("", True, True),  # vendor unknown
+])
+def test_chains_use_onednn_except_where_mkl_runs_its_intel_kernels(monkeypatch, vendor, mkl, onednn):
+    monkeypatch.setattr(kernels, "cpu_vendor", lambda: vendor)
+    monkeypatch.setattr(torch.backends.mkl, "is_available", lambda: mkl)
+    assert kernels.onednn_beats_mkl.__wrapped__() is onednn
+
+
+def test_cpu_vendor_reads_this_machine():
+    vendor = kernels.cpu_vendor()
+    assert isinstance(vendor, str)
+    if platform.machine() in ("x86_64", "AMD64") and Path("/proc/cpuinfo").exists():
+        assert vendor in ("GenuineIntel", "AuthenticAMD", "HygonGenuine", "CentaurHauls")
+
+
 @needs_onednn
 @pytest.mark.parametrize("m,k,n", [(7, 13, 5), (33, 4, 80), (3, 90, 2)])  # n >= 16 k takes the wide dmat branch
 @pytest.mark.parametrize("a_grad", [False, True])
-def test_gemm_matches_matmul_forward_and_backward(m, k, n, a_grad):
+def test_gemm_matches_matmul_forward_and_backward(m, k, n, a_grad, chains_on):
+    chains_on(True)
     torch.manual_seed(0)
     a = torch.randn(m, k, requires_grad=a_grad)
     mat = torch.randn(n, k, requires_grad=True)
@@ -35,7 +64,8 @@ def test_gemm_matches_matmul_forward_and_backward(m, k, n, a_grad):
         assert a.grad is None
 
 
-def test_onednn_only_for_float32_cpu_without_autocast():
+def test_onednn_only_for_float32_cpu_without_autocast(chains_on):
+    chains_on(True)
     a, mat = torch.randn(4, 3), torch.randn(2, 3)
     assert not use_onednn(a.double(), mat.double())  # float64 stays on torch's matmul: the exact path
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -85,9 +115,13 @@ def test_the_ucf11_tucker_plan_is_exact_in_float64_with_and_without_input_gradie
     ("tt", [4, 4, 4, 4], [32, 4, 4, 4], 4),
 ])
 @pytest.mark.parametrize("rows", [1, 37])
-def test_float32_chain_on_onednn_matches_float64(fmt, ins, outs, rank, rows):
-    """In float32 the chain's plain GEMMs run on oneDNN: output and gradients (x with a gradient too) agree with
-    the float64 chain to float32 rounding, at odd row counts."""
+@pytest.mark.parametrize("onednn", [True, False])
+def test_float32_chain_matches_float64(fmt, ins, outs, rank, rows, onednn, chains_on):
+    """In float32 the chain's plain GEMMs run on oneDNN (or torch's matmul, where MKL runs its Intel kernels):
+    output and gradients (x with a gradient too) agree with the float64 chain to float32 rounding, at odd row
+    counts."""
+    chains_on(onednn)
+    assert use_onednn(torch.ones(1, 1), torch.ones(1, 1)) is onednn
     torch.manual_seed(2)
     m32 = build_map(fmt, ins, outs, rank=rank, forward="factorized")
     m64 = build_map(fmt, ins, outs, rank=rank, forward="factorized").double()

@@ -58,14 +58,47 @@ def onednn_linear_ok(packed: bool = False) -> bool:
         return False
 
 
+def cpu_info(key: str) -> str:
+    """A field of this machine's first CPU in /proc/cpuinfo ("vendor_id", "model name"), or "" where unknown."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                name, _, value = line.partition(":")
+                if name.strip() == key:
+                    return value.strip()
+    except OSError:
+        pass
+    return ""
+
+
+def cpu_vendor() -> str:
+    """The x86 vendor string of this CPU ("GenuineIntel", "AuthenticAMD", ...), or "" where it is not known."""
+    return cpu_info("vendor_id")
+
+
+@functools.cache
+def onednn_beats_mkl() -> bool:
+    """Whether the chains' plain float32 GEMMs run faster on oneDNN than on torch's matmul on this CPU.
+
+    torch's CPU matmul is MKL, which picks its GEMM kernels by CPU vendor: its AVX-512 kernels on Intel CPUs, its
+    AVX2 ones elsewhere, while oneDNN picks by instruction set. Measured fwd+bwd of the bench's maps, 1 thread,
+    interleaved: on an AMD EPYC (AVX-512) oneDNN ran the products 1.3-2.4x faster (see `Gemm`); on an Intel Xeon
+    (AVX-512) MKL was as fast or faster (CP at the sequence shape 15.0 against 20.7 ms, TT and Tucker within 3%).
+    So: torch's matmul where it is MKL on an Intel CPU, oneDNN elsewhere (where torch has no MKL its matmul is
+    another BLAS, whose kernels this project has not measured)."""
+    return not (torch.backends.mkl.is_available() and cpu_vendor() == "GenuineIntel")
+
+
 def use_onednn(a: torch.Tensor, mat: torch.Tensor) -> bool:
-    """oneDNN runs a @ mat.T where both are float32 on the CPU, autocast is off and oneDNN works here."""
+    """oneDNN runs a @ mat.T where both are float32 on the CPU, autocast is off, oneDNN works here and it beats
+    torch's matmul on this CPU (`onednn_beats_mkl`)."""
     return (
         a.device.type == "cpu"
         and a.dtype == torch.float32
         and mat.dtype == torch.float32
         and not torch.is_autocast_enabled("cpu")
         and onednn_linear_ok()
+        and onednn_beats_mkl()
     )
 
 
@@ -77,10 +110,10 @@ def _linear(a: torch.Tensor, mat: torch.Tensor) -> torch.Tensor:
 class Gemm(torch.autograd.Function):
     """out (M, N) = a (M, K) @ mat (N, K).T with oneDNN's linear forward and a hand-written backward.
 
-    Why: where torch's MKL runs its AVX2 kernels (this project's AMD machine), oneDNN picks its kernels by
-    instruction set and runs the thin products of the chains faster (1 thread, AVX-512: (15360, 360) @ (360, 64)
-    7.7 ms against 10.5 ms for torch.mm; (307200, 18) @ (18, 4) 2.5 ms against 5.9; (3200, 20) @ (20, 2048)
-    3.9 ms against 5.7). Backward: da = grad @ mat on oneDNN too (mat.T is a small copy; 4.7 ms against 6.9
+    Why: where torch's MKL runs its AVX2 kernels (AMD CPUs: `onednn_beats_mkl`), oneDNN picks its kernels by
+    instruction set and runs the thin products of the chains faster (1 thread, AMD EPYC with AVX-512: (15360, 360)
+    @ (360, 64) 7.7 ms against 10.5 ms for torch.mm; (307200, 18) @ (18, 4) 2.5 ms against 5.9; (3200, 20) @
+    (20, 2048) 3.9 ms against 5.7). Backward: da = grad @ mat on oneDNN too (mat.T is a small copy; 4.7 ms against 6.9
     for (3200, 2048) @ (2048, 20)); dmat on torch.mm, since oneDNN would copy its transposed operand, formed
     as the product with the wider output (see `_right_operand` in planner.py): (a.T @ grad).T where
     N >= WIDE_RATIO * K, else grad.T @ a. No input gradient is formed where a needs none (x is data).
