@@ -10,7 +10,8 @@ machine; `--timer wall` (always on CUDA, with a synchronize) for wall clock.
 Sections (`--sections`):
 * sequence: a training step (forward, backward, optimizer) at B32 x T100, 256 -> 512, LSTM and GRU bases:
   torch.nn.LSTM/GRU with default Adam (what a user writes), torch.nn with fused Adam, our dense loop with fused
-  Adam; every factorized cell (cell=<fmt>, defaults from configs/cell/, fused Adam as `optim.implementation=auto`
+  Adam, the dense cell as the YAML composes it (`cell=lstm|gru`: cell.kernel=auto, torch.nn's weights run by
+  whichever of those two paths is faster here); every factorized cell (cell=<fmt>, defaults from configs/cell/, fused Adam as `optim.implementation=auto`
   gives); and the Contract cases of issue 13 (`cell=tt rank=4`, `cell=bt rank=4 cell.blocks=2` with default Adam).
   Each is compared with the *best dense step* (the fastest dense case of the section) and with nn.LSTM/GRU +
   default Adam.
@@ -190,6 +191,8 @@ def _bench_base(section: str, shape: dict, base: str, device, timer, rounds: int
     builders[f"{tname} + fused Adam"] = ("dense", lambda: TorchRNN(base, shape["input"], shape["hidden"]), True)
     builders["our loop, dense + fused Adam"] = (
         "dense", lambda: our_dense_loop(base, shape["input"], shape["hidden"]), True)
+    builders[f"cell={base} (YAML default, cell.kernel=auto) + fused Adam"] = (
+        "dense", lambda: build_cell(cell_config(base), shape["input"], shape["hidden"]), True)
     for fmt in FACTORIZED:
         builders[f"{fmt} + fused Adam"] = ("ours", lambda fmt=fmt: factorized(fmt, base, shape), True)
     if base == "lstm":  # issue 13's Contract cases: cell_cfg from the YAML, default Adam

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from tensorlstm.cells import CELLS, build_cell
-from tensorlstm.cells.recurrent import FusedRecurrent, RecurrentLayer, StackedRecurrent, hard_sigmoid
+from tensorlstm.cells.recurrent import FusedRecurrent, RecurrentLayer, StackedRecurrent, hard_sigmoid, loop_is_faster
 from tensorlstm.defaults import cell_config
 from tensorlstm.errors import UserError
 from tensorlstm.tensor import build_map
@@ -110,30 +110,82 @@ def test_dense_plain_cells_use_fused_torch_kernels():
 
 
 @pytest.mark.parametrize("cuda", [False, True])
-def test_default_dense_kernel_does_not_depend_on_the_machine(monkeypatch, cuda):
-    """The YAML default builds the same module (and so the same state dict and count) with or without CUDA, so a
-    checkpoint trained on a GPU evaluates on a CPU and back."""
+@pytest.mark.parametrize("kernel", ["auto", "torch"])
+def test_dense_kernel_builds_the_same_module_on_any_machine(monkeypatch, cuda, kernel):
+    """cell.kernel=auto (the YAML default) and torch build torch.nn's module whether CUDA is there or not: the same
+    state dict and parameter count, so a checkpoint trained on a GPU evaluates on a CPU and back."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    assert cell_cfg("lstm")["kernel"] == cell_cfg("gru")["kernel"] == "auto"
     for base in ("lstm", "gru"):
-        net = build_cell(cell_cfg(base), 6, 4)
+        net = build_cell(cell_cfg(base, kernel=kernel), 6, 4)
         assert isinstance(net, FusedRecurrent)
         assert sum(p.numel() for p in net.parameters()) == (4 if base == "lstm" else 3) * 4 * (6 + 4 + 2)
 
 
-def test_kernel_auto_picks_the_faster_dense_path(monkeypatch):
-    """cell.kernel=auto: cuDNN's torch.nn where CUDA is available; on a CPU our loop for the GRU and for an LSTM
-    wider in than out (tlstm bench), torch.nn.LSTM otherwise; the loop computes what torch.nn computes."""
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert isinstance(build_cell(cell_cfg("gru", kernel="auto"), 4, 6), StackedRecurrent)
-    assert isinstance(build_cell(cell_cfg("lstm", kernel="auto"), 6, 4), StackedRecurrent)
-    assert isinstance(build_cell(cell_cfg("lstm", kernel="auto"), 4, 6), FusedRecurrent)
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert isinstance(build_cell(cell_cfg("gru", kernel="auto"), 4, 6), FusedRecurrent)
+def test_kernel_auto_runs_the_faster_dense_path():
+    """cell.kernel=auto: on a CPU our fused loop for the GRU and for an LSTM wider in than out (tlstm bench),
+    torch.nn otherwise and on a GPU, outside autocast; kernel=torch never the loop; a bad value is refused."""
+    assert loop_is_faster("gru", 4, 6, "cpu") and loop_is_faster("lstm", 6, 4, "cpu")
+    assert not loop_is_faster("lstm", 4, 6, "cpu") and not loop_is_faster("gru", 6, 4, "cuda")
+    x = torch.zeros(2, 3, 6)
+    assert build_cell(cell_cfg("lstm", kernel="auto"), 6, 4)._runs_loop(x)
+    assert not build_cell(cell_cfg("lstm", kernel="torch"), 6, 4)._runs_loop(x)
+    assert not build_cell(cell_cfg("lstm", kernel="auto"), 6, 8)._runs_loop(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not build_cell(cell_cfg("lstm", kernel="auto"), 6, 4)._runs_loop(x)
     with pytest.raises(UserError, match="cell.kernel"):
         build_cell(cell_cfg("lstm", kernel="fast"), 4, 6)
+
+
+@pytest.mark.parametrize("base,layers,lengths", [("lstm", 1, False), ("lstm", 3, True), ("gru", 2, False),
+                                                 ("gru", 1, True)])
+def test_kernel_auto_loop_computes_what_torch_nn_computes(base, layers, lengths):
+    """kernel=auto's fused loop on torch.nn's weights against torch.nn on the same module (float64): outputs,
+    final states and the gradient of every parameter and of the initial state, with and without lengths."""
+    torch.manual_seed(0)
+    auto = build_cell(cell_cfg(base, kernel="auto", layers=layers), 7, 5).double()
+    ref = build_cell(cell_cfg(base, kernel="torch", layers=layers), 7, 5).double()
+    ref.load_state_dict(auto.state_dict())
+    x = torch.randn(3, 6, 7, dtype=torch.float64)
+    lens = torch.tensor([6, 2, 4]) if lengths else None
+    assert auto._runs_loop(x)
+    state0 = tuple(torch.randn_like(s) for s in auto.init_state(3, dtype=torch.float64))
+    outs = []
+    for net in (auto, ref):
+        state = tuple(s.clone().requires_grad_() for s in state0)
+        y, final = net(x, state, lengths=lens)
+        loss = (y * torch.linspace(-1, 1, y.shape[-1], dtype=y.dtype)).sum() + sum(f.square().sum() for f in final)
+        outs.append((y, final, torch.autograd.grad(loss, list(net.parameters()) + list(state))))
+    (y, final, grads), (y_ref, final_ref, grads_ref) = outs
+    torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-12)
+    for a, b in zip(final, final_ref):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    names = [n for n, _ in auto.named_parameters()] + ["h0", "c0"]
+    for name, a, b in zip(names, grads, grads_ref):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11, msg=name)
+
+
+def test_kernel_auto_in_float32_with_dropout_between_layers():
+    """float32 on the compiled gate kernels: kernel=auto's loop agrees with torch.nn to float32 rounding in eval
+    mode; in training mode the dropouts (the input's and torch.nn's between layers) apply."""
+    torch.manual_seed(0)
+    auto = build_cell(cell_cfg("gru", kernel="auto", layers=2, dropout=0.5), 9, 8)
+    ref = build_cell(cell_cfg("gru", kernel="torch", layers=2, dropout=0.5), 9, 8)
+    ref.load_state_dict(auto.state_dict())
+    auto.eval(), ref.eval()
+    x = torch.randn(4, 5, 9)
+    torch.testing.assert_close(auto(x)[0], ref(x)[0], rtol=1e-5, atol=1e-6)
+    auto.train()
+    torch.manual_seed(1)
+    y_train = auto(x)[0]
+    assert not torch.allclose(y_train, ref(x)[0])
+
+
+def test_kernel_loop_is_the_layered_loop_and_computes_what_torch_nn_computes():
     torch.manual_seed(0)
     ref = build_cell(cell_cfg("gru", kernel="torch"), 5, 3)
     loop = build_cell(cell_cfg("gru", kernel="loop"), 5, 3)
+    assert isinstance(loop, StackedRecurrent)
     copy_from_torch(loop, ref.rnn)
     x = torch.randn(2, 4, 5)
     torch.testing.assert_close(loop(x)[0], ref(x)[0], rtol=1e-10, atol=1e-10)

@@ -2,8 +2,9 @@
 
 The input projection ``x_t W`` does not depend on the recurrence, so it is computed for all B x T rows
 in one call of the input map before the time loop; only ``h_{t-1} U`` and the gate math run per step.
-Dense cells with plain options run on ``torch.nn.LSTM`` / ``torch.nn.GRU`` or on our fused time loop, whichever
-``cell.kernel`` (auto: the faster for the device and shape, see ``dense_kernel``) picks.
+Dense cells with plain options have ``torch.nn.LSTM`` / ``torch.nn.GRU``'s parameters and run on torch.nn or, with
+``cell.kernel=auto`` (the YAML default), on our fused time loop where that is faster for the device and shape
+(``loop_is_faster``); ``cell.kernel=loop`` is the factorized cells' own code with a dense input map.
 
 Gate order: LSTM [i, f, g, o]; GRU [r, z, n] (the order of torch.nn). GRU comes in two forms:
 ``reset_after=True`` (cuDNN / torch.nn.GRU: n = tanh(x W_n + b_n + r * (h U_n + b_hn)), one extra bias)
@@ -290,19 +291,23 @@ class StackedRecurrent(RecurrentNet):
 
 
 class FusedRecurrent(RecurrentNet):
-    """Dense baseline on torch.nn.LSTM / torch.nn.GRU (cuDNN / MKL fused kernels).
+    """Dense LSTM / GRU with torch.nn.LSTM / torch.nn.GRU's parameters, run by torch.nn (cuDNN, oneDNN) or, with
+    ``kernel="auto"``, by our fused time loop (fused_loop.py) on the same weights where that is faster for the
+    tensor's device and the shape (`loop_is_faster`). Both run the same module, so a checkpoint, its parameter
+    count and its optimizer state are the same whichever ran, on any machine.
 
     State is (h, c) for the LSTM and (h,) for the GRU, each (B, layers, H), batch first like every state.
     """
 
     def __init__(self, base: str, input_size: int, hidden_size: int, layers: int, dropout: float,
-                 info: dict) -> None:
+                 info: dict, kernel: str = "torch", gates: str = "native") -> None:
         super().__init__()
         rnn_cls = nn.LSTM if base == "lstm" else nn.GRU
         # torch applies `dropout` between layers; the input dropout is ours (one mask per sequence)
         self.rnn = rnn_cls(input_size, hidden_size, num_layers=layers, batch_first=True,
                            dropout=dropout if layers > 1 else 0.0)
         self.base, self.input_dropout = base, dropout
+        self.kernel, self.gate_kernels = kernel, gates  # cell.kernel (torch | auto), cell.gates
         self.output_size = hidden_size
         self.info = info
         if base == "lstm":  # forget-gate bias 1, as in RecurrentLayer
@@ -330,6 +335,8 @@ class FusedRecurrent(RecurrentNet):
         if x.shape[1] == 0:  # an empty sequence (torch.nn refuses it): no outputs, the state as it came in
             state = self.init_state(x.shape[0], x.device, x.dtype) if state is None else state
             return x.new_zeros(x.shape[0], 0, self.output_size), state
+        if self._runs_loop(x):
+            return self._forward_loop(x, state, lengths)
         if lengths is None:
             y, s = self.rnn(x, self._to_torch(state))
             return y, self._from_torch(s)
@@ -337,6 +344,47 @@ class FusedRecurrent(RecurrentNet):
         y, s = self.rnn(packed, self._to_torch(state))
         y, _ = nn.utils.rnn.pad_packed_sequence(y, batch_first=True, total_length=x.shape[1])
         return y, self._from_torch(s)
+
+    def _runs_loop(self, x: torch.Tensor) -> bool:
+        """cell.kernel=auto: our fused loop where it is the faster for x's device and this shape, outside autocast
+        (the loop's nodes run one dtype)."""
+        return (self.kernel == "auto" and not torch.is_autocast_enabled(x.device.type)
+                and loop_is_faster(self.base, self.rnn.input_size, self.rnn.hidden_size, x.device.type))
+
+    def _forward_loop(self, x: torch.Tensor, state: State, lengths: torch.Tensor | None):
+        """torch.nn's computation on its own weights by fused_loop.py's sequence nodes, layer by layer: x W_ih^T
+        for all rows in one product (time-major), the two biases summed into one (the GRU's b_hn stays inside
+        r * (h U_n + b_hn)), U = W_hh^T; torch.nn's dropout between layers."""
+        B, T = x.shape[:2]
+        H = self.rnn.hidden_size
+        alive = None if lengths is None else alive_mask(lengths, T, x)
+        if state is None:
+            state = self.init_state(B, x.device, x.dtype)
+        outs = []
+        for i in range(self.rnn.num_layers):
+            if i > 0:
+                x = nn.functional.dropout(x, self.rnn.dropout, self.training)
+            w_ih, w_hh, b_ih, b_hh = (getattr(self.rnn, f"{n}_l{i}")
+                                      for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+            # time-major x W^T, transposing the narrower of input and output (no copy of UCF11's wide input)
+            if w_ih.shape[0] < w_ih.shape[1]:
+                xw = nn.functional.linear(x, w_ih).transpose(0, 1).contiguous()
+            else:
+                xw = nn.functional.linear(x.transpose(0, 1), w_ih)
+            k = native.kernels(xw) if self.gate_kernels == "native" else None  # None: torch ops
+            h0 = state[0][:, i].contiguous()
+            if self.base == "lstm":
+                ys, h, c = LSTMSequence.apply(xw, b_ih + b_hh, w_hh.t(), h0, state[1][:, i].contiguous(), None,
+                                              alive, k)
+                outs.append((h, c))
+            else:
+                zero = b_hh.new_zeros(2 * H)
+                bias = b_ih + torch.cat([b_hh[: 2 * H], zero[:H]])
+                ys, h = GRUSequence.apply(xw, bias, w_hh.t(), torch.cat([zero, b_hh[2 * H :]]), h0, None, alive,
+                                          k)
+                outs.append((h,))
+            x = ys
+        return x, tuple(torch.stack(parts, 1) for parts in zip(*outs))
 
     def step(self, x_t: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         """One step with torch's fused single-step kernels (lstm_cell / gru_cell) on the same weights:
@@ -378,21 +426,23 @@ def _modes(explicit, hint, size: int, d: int, what: str) -> list[int]:
 KERNELS = ("auto", "torch", "loop")
 
 
-def dense_kernel(cfg: dict, base: str, input_size: int, hidden_size: int) -> str:
-    """`cell.kernel` of a plain dense cell: torch.nn.LSTM/GRU or our time loop (fused_loop.py).
-
-    auto, measured with `tlstm bench` (1 CPU thread, training step with fused Adam): on a CPU our loop beats
-    nn.GRU (1.24x at B32 x T100, 256 -> 512) and beats nn.LSTM where the input is wide (2.2x at UCF11's 57,600 ->
-    256: oneDNN's LSTM also computes the input gradient nobody asked for), while nn.LSTM is ~4% ahead at
-    256 -> 512. With CUDA available cuDNN runs the whole sequence in a few kernels, so torch."""
+def check_kernel(cfg: dict) -> str:
+    """`cell.kernel` of a dense cell: torch (torch.nn.LSTM/GRU), auto (torch.nn's module, run by whichever of
+    torch.nn and our fused loop is faster for the device and shape: `loop_is_faster`) or loop (our time loop with a
+    dense input map, RecurrentLayer's parameters: the factorized cells' code with W dense)."""
     kernel = cfg["kernel"]  # configs saved before the key get kernel=torch from engine.checkpoint.upgrade_config
     if kernel not in KERNELS:
         raise UserError(f"cell.kernel={kernel!r}; choose one of: {', '.join(KERNELS)}")
-    if kernel != "auto":
-        return kernel
-    if torch.cuda.is_available():
-        return "torch"
-    return "loop" if base == "gru" or input_size > hidden_size else "torch"
+    return kernel
+
+
+def loop_is_faster(base: str, input_size: int, hidden_size: int, device_type: str) -> bool:
+    """Whether our fused loop beats torch.nn for a dense cell on this device, measured with `tlstm bench` (1 CPU
+    thread, training step with fused Adam): on a CPU for the GRU (1.14-1.31x nn.GRU at B32 x T100, 256 -> 512, on an
+    Intel Xeon and an AMD EPYC) and for an LSTM wider in than out (1.3-2.2x at UCF11's 57,600 -> 256: oneDNN's LSTM
+    also computes the input gradient nobody asked for), while nn.LSTM is as fast or ~5% ahead at 256 -> 512. On a
+    GPU cuDNN runs the whole sequence in a few kernels: torch.nn."""
+    return device_type == "cpu" and (base == "gru" or input_size > hidden_size)
 
 
 def build_recurrent(cfg: dict, input_size: int, hidden_size: int, in_modes=None, hidden_modes=None) -> RecurrentNet:
@@ -415,9 +465,12 @@ def build_recurrent(cfg: dict, input_size: int, hidden_size: int, in_modes=None,
     info = {"base": base, "format": fmt, "hidden_size": H, "layers": n_layers}
 
     plain = rec_dropout == 0.0 and activation == "sigmoid" and not factorize_hidden
-    if fmt == "dense" and plain and (base == "lstm" or reset_after) and \
-            dense_kernel(cfg, base, input_size, H) == "torch":
-        return FusedRecurrent(base, input_size, H, n_layers, dropout, info | {"kernel": f"torch.nn.{base.upper()}"})
+    kernel = check_kernel(cfg) if fmt == "dense" else None
+    if plain and kernel in ("torch", "auto") and (base == "lstm" or reset_after):
+        torch_nn = f"torch.nn.{base.upper()}"
+        on_cpu = "our fused loop" if loop_is_faster(base, input_size, H, "cpu") else torch_nn
+        name = torch_nn if kernel == "torch" else f"auto: on a CPU {on_cpu}, on a GPU {torch_nn} ({torch_nn}'s weights)"
+        return FusedRecurrent(base, input_size, H, n_layers, dropout, info | {"kernel": name}, kernel, gates)
 
     d = int(cfg["d"])
     hm = _modes(cfg["hidden_modes"], hidden_modes, H, d, "cell.hidden_modes")
