@@ -11,8 +11,9 @@ Sections (`--sections`):
 * sequence: a training step (forward, backward, optimizer) at B32 x T100, 256 -> 512, LSTM and GRU bases:
   torch.nn.LSTM/GRU with default Adam (what a user writes), torch.nn with fused Adam, our dense loop with fused
   Adam, the dense cell as the YAML composes it (`cell=lstm|gru`: cell.kernel=auto, torch.nn's weights run by
-  whichever of those two paths is faster here); every factorized cell (cell=<fmt>, defaults from configs/cell/, fused Adam as `optim.implementation=auto`
-  gives); and the Contract cases of issue 13 (`cell=tt rank=4`, `cell=bt rank=4 cell.blocks=2` with default Adam).
+  whichever of those two paths is faster here); every factorized cell (cell=<fmt>, defaults from configs/cell/,
+  fused Adam as `optim.implementation=auto` gives); and the Contract cases of issue 13 (`cell=tt rank=4`,
+  `cell=bt rank=4 cell.blocks=2` with default Adam).
   Each is compared with the *best dense step* (the fastest dense case of the section) and with nn.LSTM/GRU +
   default Adam.
 * ucf11: the same at B16 x T6, 57,600 -> 256 (8x20x20x18 -> 4x4x4x4) + Linear(256, 11) on the last output, LSTM.
