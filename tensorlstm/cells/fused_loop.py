@@ -65,10 +65,31 @@ def _zeros_if_none(g: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
     return torch.zeros_like(like) if g is None else g
 
 
-def _time_major(gys: torch.Tensor | None, ys: torch.Tensor) -> torch.Tensor:
-    """The (B, T, H) output gradient as a contiguous (T, B, H) tensor (zeros when None)."""
+def _states(h0: torch.Tensor, T: int) -> torch.Tensor:
+    """The loops' hidden states, time-major (T + 1, B, H) with h0 at 0: each step writes its output into a contiguous
+    slab, which the next step's product reads as is (a strided (B, H) column of a batch-first output was copied
+    by oneDNN at every step, ~40 us at B32 x H512), and the rows of dL/dU are hs[:-1] without a cat."""
+    hs = h0.new_empty(T + 1, *h0.shape)
+    hs[0] = h0
+    return hs
+
+
+def _batch_first(hs: torch.Tensor) -> torch.Tensor:
+    """The (B, T, H) output the loops return: the states after each step, one copy."""
+    return hs[1:].transpose(0, 1).contiguous()
+
+
+def _step_inputs(hs: torch.Tensor, h0: torch.Tensor, alive, hst, mask) -> torch.Tensor:
+    """(T, B, H): the state each step's product read (masked by the recurrent dropout), the rows of dL/dU."""
+    rows = hs[:-1] if alive is None else torch.cat([h0.unsqueeze(0), hst[:-1]])
+    return rows if mask is None else rows * mask
+
+
+def _time_major(gys: torch.Tensor | None, hs: torch.Tensor) -> torch.Tensor:
+    """The (B, T, H) output gradient as a contiguous (T, B, H) tensor (zeros when None); hs: the (T + 1, B, H)
+    states."""
     if gys is None:
-        return ys.new_zeros(ys.shape[1], ys.shape[0], ys.shape[2])
+        return hs.new_zeros(hs.shape[0] - 1, *hs.shape[1:])
     return gys.transpose(0, 1).contiguous()
 
 
@@ -204,7 +225,7 @@ class LSTMSequence(torch.autograd.Function):
         acts = []  # activated gates per step (B, G)
         cs = xw.new_empty(T, B, H)
         tcs = xw.new_empty(T, B, H)  # tanh(c_t)
-        ys = xw.new_empty(B, T, H)  # batch-first output; ys[:, t] is a strided (B, H) view
+        hs = _states(h0, T)
         # with lengths the carried states differ from the step's new values: kept apart for the backward
         hst = cst = None
         if alive is not None:
@@ -214,26 +235,26 @@ class LSTMSequence(torch.autograd.Function):
         for t in range(T):
             a = hU(h if mask is None else h * mask, xw[t])
             acts.append(a)
-            k.lstm_forward(H, a, step_bias, c, cs[t], tcs[t], ys[:, t])
+            k.lstm_forward(H, a, step_bias, c, cs[t], tcs[t], hs[t + 1])
             if alive is None:
-                h, c = ys[:, t], cs[t]
+                h, c = hs[t + 1], cs[t]
             else:
-                h, c = _hold(alive, t, ys[:, t], h, hst[t]), _hold(alive, t, cs[t], c, cst[t])
-                ys[:, t].mul_(alive[t])  # a finished sequence outputs zeros
-        ctx.save_for_backward(cs, tcs, ys, U, h0, c0, mask, alive, hst, cst)
+                h, c = _hold(alive, t, hs[t + 1], h, hst[t]), _hold(alive, t, cs[t], c, cst[t])
+                hs[t + 1].mul_(alive[t])  # a finished sequence outputs zeros
+        ctx.save_for_backward(cs, tcs, hs, U, h0, c0, mask, alive, hst, cst)
         ctx.acts, ctx.gates = acts, k  # internal tensors, never handed out
-        return ys, h.clone(), c.clone()
+        return _batch_first(hs), h.clone(), c.clone()
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, gys, gh, gc):  # noqa: D102
-        cs, tcs, ys, U, h0, c0, mask, alive, hst, cst = ctx.saved_tensors
+        cs, tcs, hs, U, h0, c0, mask, alive, hst, cst = ctx.saved_tensors
         acts, k = ctx.acts, ctx.gates
         T, B, H = cs.shape
         G = 4 * H
         # time-major and contiguous: each step's dL/dh_t is added inside the step product, which reads a strided
         # (B, H) slice of the batch-first gradient ~7% slower than a contiguous slab (one copy here)
-        gys = _time_major(gys, ys)
+        gys = _time_major(gys, hs)
         da_all = cs.new_empty(T, B, G)  # dL/d(pre-activation gates) = dL/dxw
         dU = StepMatmul(U.t(), B)  # da -> da @ U^T
         if alive is None:
@@ -262,11 +283,8 @@ class LSTMSequence(torch.autograd.Function):
                 dh = dU(da) if mask is None else dU(da) * mask
         gU = None
         if ctx.needs_input_grad[2]:
-            prev = ys[:, :-1].transpose(0, 1) if alive is None else hst[:-1]
-            hs = torch.cat([h0.unsqueeze(0), prev])  # (T, B, H), the rows of da
-            if mask is not None:
-                hs = hs * mask
-            gU = hs.reshape(-1, H).t() @ da_all.reshape(-1, G)
+            rows = _step_inputs(hs, h0, alive, hst, mask)
+            gU = rows.reshape(-1, H).t() @ da_all.reshape(-1, G)
         if alive is not None:
             dh, dc = dH, dC
         return da_all, _bias_grad(ctx.needs_input_grad[1], da_all), gU, dh, dc, None, None, None
@@ -287,7 +305,7 @@ class GRUSequence(torch.autograd.Function):
         H = G // 3
         hus = []  # h U + bias_hu per step
         acts = torch.empty_like(xw)  # r, z, n
-        ys = xw.new_empty(B, T, H)
+        hs = _states(h0, T)
         hst = None if alive is None else xw.new_empty(T, B, H)  # carried states (lengths only)
         h = h0
         hU = StepMatmul(U, B)
@@ -295,27 +313,27 @@ class GRUSequence(torch.autograd.Function):
         for t in range(T):
             hu = hU(h if mask is None else h * mask, bias)
             hus.append(hu)
-            k.gru_forward(H, xw[t], step_bias, hu, h, acts[t], ys[:, t])
+            k.gru_forward(H, xw[t], step_bias, hu, h, acts[t], hs[t + 1])
             if alive is None:
-                h = ys[:, t]
+                h = hs[t + 1]
             else:
-                h = _hold(alive, t, ys[:, t], h, hst[t])
-                ys[:, t].mul_(alive[t])
-        ctx.save_for_backward(acts, ys, U, h0, mask, alive, hst)
+                h = _hold(alive, t, hs[t + 1], h, hst[t])
+                hs[t + 1].mul_(alive[t])
+        ctx.save_for_backward(acts, hs, U, h0, mask, alive, hst)
         ctx.hus, ctx.gates = hus, k  # internal tensors, never handed out
-        return ys, h.clone()
+        return _batch_first(hs), h.clone()
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, gys, gh):  # noqa: D102
-        acts, ys, U, h0, mask, alive, hst = ctx.saved_tensors
+        acts, hs, U, h0, mask, alive, hst = ctx.saved_tensors
         hus, k = ctx.hus, ctx.gates
         T, B, G = acts.shape
         H = G // 3
         dhu_all = torch.empty_like(acts)  # dL/d(h U + bias_hu)
         dn_all = acts.new_empty(T, B, H)  # dL/d(n pre-activation) = dL/dxw_n
         carry = acts.new_empty(B, H)  # dh z (+ g_{t-1}): the part of dL/dh_{t-1} beside the step product
-        gys = _time_major(gys, ys)
+        gys = _time_major(gys, hs)
         if alive is None:
             dh = gys[T - 1] if gh is None else gys[T - 1] + gh
         else:
@@ -323,7 +341,7 @@ class GRUSequence(torch.autograd.Function):
         dU = StepMatmul(U.t(), B)
         for t in range(T - 1, -1, -1):
             if alive is None:
-                h_prev = ys[:, t - 1] if t > 0 else h0
+                h_prev = hs[t]
             else:
                 h_prev = hst[t - 1] if t > 0 else h0
                 dh = (gys[t] + dH).mul_(alive[t])
@@ -345,11 +363,8 @@ class GRUSequence(torch.autograd.Function):
         dxw = torch.cat([dhu_all[..., : 2 * H], dn_all], dim=-1)
         gU = None
         if ctx.needs_input_grad[2]:
-            prev = ys[:, :-1].transpose(0, 1) if alive is None else hst[:-1]
-            hs = torch.cat([h0.unsqueeze(0), prev])  # (T, B, H), the rows of da
-            if mask is not None:
-                hs = hs * mask
-            gU = hs.reshape(-1, H).t() @ dhu_all.reshape(-1, G)
+            rows = _step_inputs(hs, h0, alive, hst, mask)
+            gU = rows.reshape(-1, H).t() @ dhu_all.reshape(-1, G)
         return (dxw, _bias_grad(ctx.needs_input_grad[1], dxw), gU, _bias_grad(ctx.needs_input_grad[3], dhu_all),
                 dh, None, None, None)
 
@@ -371,7 +386,7 @@ class GRUBeforeSequence(torch.autograd.Function):
             xw_rz, xw_n = xw[..., : 2 * H].contiguous(), xw[..., 2 * H :].contiguous()
         rzs, ns = [], []  # activated r, z (B, 2H) and n (B, H) per step
         rhs = xw.new_empty(T, B, H)  # r * h_{t-1} (masked), the left operand of U_n
-        ys = xw.new_empty(B, T, H)
+        hs = _states(h0, T)
         hst = None if alive is None else xw.new_empty(T, B, H)
         h = h0
         U_rz, U_n = StepMatmul(U[:, : 2 * H], B), StepMatmul(U[:, 2 * H :], B)
@@ -381,26 +396,26 @@ class GRUBeforeSequence(torch.autograd.Function):
             k.gru_before_rz(H, rz, hd, rhs[t])
             rzs.append(rz)
             n = U_n(rhs[t], xw_n[t])
-            k.gru_before_n(H, n, h, rz[:, H:], ys[:, t])
+            k.gru_before_n(H, n, h, rz[:, H:], hs[t + 1])
             ns.append(n)
             if alive is None:
-                h = ys[:, t]
+                h = hs[t + 1]
             else:
-                h = _hold(alive, t, ys[:, t], h, hst[t])
-                ys[:, t].mul_(alive[t])
-        ctx.save_for_backward(rhs, ys, U, h0, mask, alive, hst)
+                h = _hold(alive, t, hs[t + 1], h, hst[t])
+                hs[t + 1].mul_(alive[t])
+        ctx.save_for_backward(rhs, hs, U, h0, mask, alive, hst)
         ctx.rzs, ctx.ns, ctx.gates = rzs, ns, k  # internal tensors, never handed out
-        return ys, h.clone()
+        return _batch_first(hs), h.clone()
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, gys, gh):  # noqa: D102
-        rhs, ys, U, h0, mask, alive, hst = ctx.saved_tensors
+        rhs, hs, U, h0, mask, alive, hst = ctx.saved_tensors
         rzs, ns, k = ctx.rzs, ctx.ns, ctx.gates
         T, B, H = rhs.shape
         drz_all = rhs.new_empty(T, B, 2 * H)  # dL/d(r, z pre-activations)
         dn_all = rhs.new_empty(T, B, H)  # dL/d(n pre-activation)
-        gys = _time_major(gys, ys)
+        gys = _time_major(gys, hs)
         # without recurrent dropout or lengths, dL/dh_{t-1} = d(rz) U_rz^T + carry, carry = d(rh) r + dh z + g_{t-1}
         carry = rhs.new_empty(B, H) if mask is None and alive is None else None
         if alive is None:
@@ -412,7 +427,7 @@ class GRUBeforeSequence(torch.autograd.Function):
             rz, n, drz, dn = rzs[t], ns[t], drz_all[t], dn_all[t]
             r, z = rz[:, :H], rz[:, H:]
             if alive is None:
-                h_prev = ys[:, t - 1] if t > 0 else h0
+                h_prev = hs[t]
             else:
                 h_prev = hst[t - 1] if t > 0 else h0
                 dh = (gys[t] + dH).mul_(alive[t])
@@ -436,11 +451,8 @@ class GRUBeforeSequence(torch.autograd.Function):
             dh = dH
         gU = None
         if ctx.needs_input_grad[2]:
-            prev = ys[:, :-1].transpose(0, 1) if alive is None else hst[:-1]
-            hs = torch.cat([h0.unsqueeze(0), prev])  # (T, B, H), the left operands of U_rz
-            if mask is not None:
-                hs = hs * mask
-            gU = torch.cat([hs.reshape(-1, H).t() @ drz_all.reshape(-1, 2 * H),
+            rows = _step_inputs(hs, h0, alive, hst, mask)
+            gU = torch.cat([rows.reshape(-1, H).t() @ drz_all.reshape(-1, 2 * H),
                             rhs.reshape(-1, H).t() @ dn_all.reshape(-1, H)], dim=1)
         dxw = torch.cat([drz_all, dn_all], dim=-1)
         return dxw, _bias_grad(ctx.needs_input_grad[1], dxw), gU, dh, None, None, None
