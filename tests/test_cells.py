@@ -135,6 +135,10 @@ def test_kernel_auto_runs_the_faster_dense_path():
         assert not build_cell(cell_cfg("lstm", kernel="auto"), 6, 4)._runs_loop(x)
     with pytest.raises(UserError, match="cell.kernel"):
         build_cell(cell_cfg("lstm", kernel="fast"), 4, 6)
+    # the run's model line and summary say which path a CPU runs
+    assert build_cell(cell_cfg("gru"), 4, 6).describe()["kernel"].startswith("auto: on a CPU our fused loop,")
+    assert build_cell(cell_cfg("lstm"), 4, 6).describe()["kernel"].startswith("auto: on a CPU torch.nn.LSTM,")
+    assert build_cell(cell_cfg("lstm", kernel="torch"), 4, 6).describe()["kernel"] == "torch.nn.LSTM"
 
 
 @pytest.mark.parametrize("base,layers,lengths", [("lstm", 1, False), ("lstm", 3, True), ("gru", 2, False),

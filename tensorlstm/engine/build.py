@@ -265,4 +265,7 @@ def model_info(model: nn.Module, factory: CellFactory) -> dict:
         "compression_input_map": round(dense / input_map, 2) if input_map else None,
         "depth": first.describe().get("depth", getattr(first, "delay", 0) + 1),
     }
+    kernel = first.describe().get("kernel")  # a dense cell's execution path (cell.kernel)
+    if kernel is not None:
+        info["kernel"] = kernel
     return info
