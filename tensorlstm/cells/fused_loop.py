@@ -67,8 +67,9 @@ def _zeros_if_none(g: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
 
 def _states(h0: torch.Tensor, T: int) -> torch.Tensor:
     """The loops' hidden states, time-major (T + 1, B, H) with h0 at 0: each step writes its output into a contiguous
-    slab, which the next step's product reads as is (a strided (B, H) column of a batch-first output was copied
-    by oneDNN at every step, ~40 us at B32 x H512), and the rows of dL/dU are hs[:-1] without a cat."""
+    slab, which the next step's product reads as is (oneDNN copied a strided (B, H) column of a batch-first output
+    at every step), and the rows of dL/dU are hs[:-1] without a cat (training steps at the sequence shape measured
+    1.00-1.015x the batch-first buffer's, interleaved: within the noise)."""
     hs = h0.new_empty(T + 1, *h0.shape)
     hs[0] = h0
     return hs
