@@ -47,6 +47,7 @@ from torch import nn
 from tensorlstm import native
 from tensorlstm.cells import build_cell
 from tensorlstm.defaults import cell_config
+from tensorlstm.denormals import set_denormals
 from tensorlstm.engine.seeding import set_tf32
 from tensorlstm.errors import ArgumentParser, UserError
 from tensorlstm.host_memory import set_host_memory
@@ -428,12 +429,15 @@ def main(argv: list[str] | None = None) -> int:
         if folder is not None and (not folder.is_dir() or not os.access(folder, os.W_OK)):
             raise UserError(f"tlstm bench {flag} {path}: folder {folder} does not exist or is not writable; "
                             f"create it or choose another {flag}")
+    # the cells' YAML defaults, for the whole process before anything is timed: the baselines run under them too
+    # (the denormal mode before torch starts its intra-op threads, which inherit it)
+    defaults = cell_config("lstm")
+    denormals = defaults["denormals"] if set_denormals(defaults["denormals"]) or defaults["denormals"] == "ieee" \
+        else f"{defaults['denormals']} (no effect: not supported here)"
     torch.set_num_threads(args.threads)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
     set_tf32(False)  # cuDNN's nn.LSTM baseline and our cuBLAS GEMMs in the same (strict fp32) precision
-    # the cells' YAML default, for the whole process before anything is timed: the baselines run under it too
-    defaults = cell_config("lstm")
     host_memory = defaults["host_memory"]
     if not set_host_memory(host_memory) and host_memory == "keep":
         host_memory = "keep (no effect: no glibc mallopt here)"
@@ -450,7 +454,8 @@ def main(argv: list[str] | None = None) -> int:
     out = ["# Speed", "", f"Made by `tlstm bench {' '.join(argv if argv is not None else sys.argv[1:])}` on "
            f"{kernels.cpu_info('model name') or platform.machine()} ({device}), torch {torch.__version__}, "
            f"{torch.get_num_threads()} thread(s), timer: {timer.kind}, host memory: "
-           f"{host_memory} (cell.host_memory, for every case), gate math of our loops: {gates} (cell.gates), "
+           f"{host_memory} (cell.host_memory, for every case), denormal floats: {denormals} (cell.denormals, for "
+           f"every case), gate math of our loops: {gates} (cell.gates), "
            f"the maps' plain float32 GEMMs on the CPU: {chains} (tensor/kernels.py), {rounds} interleaved rounds "
            "per section (order rotated each round). Times: median [min-max]; ratios: median [min-max] of the per-round "
            "ratios, >1 = the row is faster. Only cases of one table are compared, and every table was measured "

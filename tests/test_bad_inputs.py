@@ -163,6 +163,7 @@ CASES = [
     (T, ["cell.gate_activation=relu"], "gate_activation"),
     (T, ["cell.gates=fast"], "cell.gates 'fast'"),
     (T, ["cell=tlstm", "cell.gates=fast"], "cell.gates 'fast'"),
+    (T, ["cell.denormals=sometimes"], "cell.denormals 'sometimes'"),
     (T, ["cell.layers=0"], "cell.layers=0"),
     (T, ["cell.hidden_size=0"], "cell.hidden_size=0"),
     (T, ["cell=tt", "cell.forward=fast"], "fast"),

@@ -7,6 +7,7 @@ import importlib
 from collections.abc import Sequence
 
 from tensorlstm.cells.base import RecurrentNet
+from tensorlstm.denormals import set_denormals
 from tensorlstm.errors import UserError
 from tensorlstm.host_memory import set_host_memory
 from tensorlstm.tensor import factorized_formats
@@ -33,9 +34,11 @@ def build_cell(
 
     `hidden_size`, `in_modes`, `hidden_modes` are the task's defaults (e.g. UCF11's 8x20x20x18 -> 4x4x4x4);
     explicit values in the cell config win over them. `cfg['host_memory']` (keep, the YAML's default) sets how
-    this process's C allocator treats freed memory (tensorlstm/host_memory.py).
+    this process's C allocator treats freed memory (tensorlstm/host_memory.py), `cfg['denormals']` (flush) how its
+    CPU arithmetic treats denormal floats (tensorlstm/denormals.py).
     """
     set_host_memory(cfg.get("host_memory"))
+    set_denormals(cfg.get("denormals"))
     name = cfg.get("name")
     if name not in CELLS:
         raise UserError(f"unknown cell {name!r}; choose one of: {', '.join(sorted(CELLS))}")

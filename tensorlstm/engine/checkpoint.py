@@ -59,6 +59,8 @@ ADDED = (
     ("cell.host_memory", lambda c: "cell" in c, lambda c: "system", "c4d0e26: glibc's defaults for freed memory"),
     ("cell.gates", lambda c: "format" in c["cell"] or "norm" in c["cell"], lambda c: "torch",
      "d7ffafa: the fused loops' gate math ran on torch ops (before tensorlstm/native.cpp)"),
+    ("cell.denormals", lambda c: "cell" in c, lambda c: "ieee",
+     "30f8db4: IEEE gradual underflow (denormal floats kept, not flushed to zero)"),
 )
 # values whose type changed: (dotted key, old value -> today's)
 RETYPED = (

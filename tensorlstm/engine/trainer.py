@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from tensorlstm.cells.base import detach_state, map_state
+from tensorlstm.denormals import set_denormals
 from tensorlstm.engine import distributed, provenance
 from tensorlstm.engine.build import build, model_info
 from tensorlstm.engine.checkpoint import (
@@ -115,6 +116,8 @@ def train(cfg: dict, run_dir: Path) -> dict:
     """Train (or resume) the run described by the resolved config `cfg` in `run_dir`; return the summary."""
     run_dir = Path(run_dir)
     tcfg = cfg["trainer"]
+    # before torch's first parallel op: the intra-op threads it starts then inherit this thread's float mode
+    set_denormals(cfg["cell"].get("denormals"))
     if cfg["threads"]:
         torch.set_num_threads(int(cfg["threads"]))
     seed_everything(int(cfg["seed"]), bool(tcfg["deterministic"]))
