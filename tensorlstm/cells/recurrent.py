@@ -440,7 +440,7 @@ def loop_is_faster(base: str, input_size: int, hidden_size: int, device_type: st
     """Whether our fused loop beats torch.nn for a dense cell on this device, measured with `tlstm bench` (1 CPU
     thread, training step with fused Adam): on a CPU for the GRU (1.14-1.31x nn.GRU at B32 x T100, 256 -> 512, on an
     Intel Xeon and an AMD EPYC) and for an LSTM wider in than out (at UCF11's 57,600 -> 256 1.8x nn.LSTM + Adam on
-    the AMD machine, 4.4x on the Intel one: oneDNN's LSTM also computes the input gradient nobody asked for), while
+    the AMD machine, 2.8x on the Intel one: oneDNN's LSTM also computes the input gradient nobody asked for), while
     nn.LSTM is as fast or ~5% ahead at 256 -> 512. On a GPU cuDNN runs the whole sequence in a few kernels:
     torch.nn."""
     return device_type == "cpu" and (base == "gru" or input_size > hidden_size)
