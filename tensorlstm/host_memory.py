@@ -5,7 +5,7 @@ its gradient, the weight gradients and the optimizer's work). glibc hands every 
 (dynamic, at most 32 MB) back to the OS when it is freed, and trims the top of the heap, so the next step takes
 those pages again as page faults and zero-fills them: 17,000-24,000 minor faults per step of a factorized cell or
 of torch.nn.LSTM at the sequence shape of `tlstm bench` (B32 x T100, 256 -> 512), 338,000 for torch.nn.LSTM + Adam
-at its UCF11 shape (57,600 -> 256), which keeping the memory makes 2.4x faster (scripts/bench_host_memory.py).
+at its UCF11 shape (57,600 -> 256), which keeping the memory makes 2.4x faster (scripts/bench_process_modes.py).
 
 ``keep`` makes glibc keep freed memory in the process for the next allocation, as torch's caching allocator does
 for CUDA memory: no mmap for large blocks, no trimming. The process's resident memory then stays at its peak
@@ -41,7 +41,7 @@ def _mallopt():
 
 def tune_glibc(keep: bool) -> bool:
     """keep: no mmap for large blocks and no trimming; else glibc's defaults (128 KB thresholds, mmap allowed).
-    True where glibc took the settings. `set_host_memory` is the way in; scripts/bench_host_memory.py switches
+    True where glibc took the settings. `set_host_memory` is the way in; scripts/bench_process_modes.py switches
     between the two to time them in one process."""
     mallopt = _mallopt()
     if mallopt is None:
