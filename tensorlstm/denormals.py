@@ -8,21 +8,18 @@ gradient's GEMM, (57,600 x 96) @ (96 x 1,024), went from ~0.2 s to 0.8 s, and `n
 1.5-1.8 s (Intel Xeon, 1 thread, `tlstm bench`'s UCF11 step repeated on one batch).
 
 ``flush`` (the YAML default) sets the CPU's flush-to-zero and denormals-are-zero modes for the process
-(``torch.set_flush_denormal``): such values become 0, and no result above the bound changes. It is a property of
-the threads' floating-point state, set from the first cell built on, so it holds for every model in the process
-(in `tlstm bench`, the torch.nn baselines too). ``ieee`` restores IEEE gradual underflow. Runs saved before the key
-resume on ``ieee``, bit for bit.
+(``torch.set_flush_denormal``): such values, as inputs or results, become 0, so a result differs from IEEE's only
+where a denormal arose on the way to it. It is a property of each thread's floating-point state: `build_cell` sets
+it, and `tlstm train` sets it first thing, before torch starts its intra-op threads, which inherit it (threads
+started earlier keep their mode). It then holds for every model in the process (in `tlstm bench`, the torch.nn
+baselines too). ``ieee`` restores IEEE gradual underflow. Runs saved before the key resume on ``ieee``, bit for bit.
 """
 
 from __future__ import annotations
 
-import logging
-
 import torch
 
 from tensorlstm.errors import UserError
-
-log = logging.getLogger("tensorlstm")
 
 MODES = ("flush", "ieee")
 
