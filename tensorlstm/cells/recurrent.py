@@ -345,6 +345,10 @@ class FusedRecurrent(RecurrentNet):
         y, _ = nn.utils.rnn.pad_packed_sequence(y, batch_first=True, total_length=x.shape[1])
         return y, self._from_torch(s)
 
+    def _layer_weights(self, i: int) -> tuple[torch.Tensor, ...]:
+        """torch.nn's (weight_ih, weight_hh, bias_ih, bias_hh) of layer i."""
+        return tuple(getattr(self.rnn, f"{n}_l{i}") for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+
     def _runs_loop(self, x: torch.Tensor) -> bool:
         """cell.kernel=auto: our fused loop where it is the faster for x's device and this shape, outside autocast
         (the loop's nodes run one dtype)."""
@@ -364,8 +368,7 @@ class FusedRecurrent(RecurrentNet):
         for i in range(self.rnn.num_layers):
             if i > 0:
                 x = nn.functional.dropout(x, self.rnn.dropout, self.training)
-            w_ih, w_hh, b_ih, b_hh = (getattr(self.rnn, f"{n}_l{i}")
-                                      for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+            w_ih, w_hh, b_ih, b_hh = self._layer_weights(i)
             # time-major x W^T, transposing the narrower of input and output (no copy of UCF11's wide input)
             if w_ih.shape[0] < w_ih.shape[1]:
                 xw = nn.functional.linear(x, w_ih).transpose(0, 1).contiguous()
@@ -377,11 +380,10 @@ class FusedRecurrent(RecurrentNet):
                 ys, h, c = LSTMSequence.apply(xw, b_ih + b_hh, w_hh.t(), h0, state[1][:, i].contiguous(), None,
                                               alive, k)
                 outs.append((h, c))
-            else:
-                zero = b_hh.new_zeros(2 * H)
-                bias = b_ih + torch.cat([b_hh[: 2 * H], zero[:H]])
-                ys, h = GRUSequence.apply(xw, bias, w_hh.t(), torch.cat([zero, b_hh[2 * H :]]), h0, None, alive,
-                                          k)
+            else:  # b_hh's r, z parts join the input bias; its n part stays inside r * (h U_n + b_hn)
+                bias = b_ih + torch.cat([b_hh[: 2 * H], b_hh.new_zeros(H)])
+                bias_hu = torch.cat([b_hh.new_zeros(2 * H), b_hh[2 * H :]])
+                ys, h = GRUSequence.apply(xw, bias, w_hh.t(), bias_hu, h0, None, alive, k)
                 outs.append((h,))
             x = ys
         return x, tuple(torch.stack(parts, 1) for parts in zip(*outs))
@@ -396,7 +398,7 @@ class FusedRecurrent(RecurrentNet):
         for i in range(self.rnn.num_layers):
             if i > 0:
                 x = nn.functional.dropout(x, self.rnn.dropout, self.training)
-            w = [getattr(self.rnn, f"{n}_l{i}") for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+            w = self._layer_weights(i)
             if self.base == "lstm":
                 h, c = torch.lstm_cell(x, (state[0][:, i], state[1][:, i]), *w)
                 new_c.append(c)
