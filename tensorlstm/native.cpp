@@ -100,6 +100,68 @@ void lstm_backward(long B, long H, void* const* p, const long* s) {
   }
 }
 
+template <typename T>
+struct Cols {  // a transposed operand: the (G, B) matrix at p whose row col holds column col of a (B, G) one
+  const T* p;
+  long s;
+  Cols(void* const* ptrs, const long* strides, int k) : p(static_cast<const T*>(ptrs[k])), s(strides[k]) {}
+  const T* col(long b) const { return p + b; }  // element (b, j) at col(b)[j * s]
+  explicit operator bool() const { return p != nullptr; }
+};
+
+// LSTM step whose recurrent product came out transposed, gT (4H, B) = U^T h^T (fused_loop.TransposedStep):
+// pre-activations = gT^T + xw + bias, activated into a (B, 4H); then as lstm_forward. gT is read with a stride
+// (a gather), which cost less than copying it into rows first. Operands: xw, bias (row stride 0), gT
+// (transposed), c_prev, c, tc, h, a.
+template <typename T>
+void lstm_forward_t(long B, long H, void* const* p, const long* s) {
+  const Mat<T> xw{p, s, 0}, bias{p, s, 1}, cp{p, s, 3}, c{p, s, 4}, tc{p, s, 5}, h{p, s, 6}, a{p, s, 7};
+  const Cols<T> g{p, s, 2};
+  for (long b = 0; b < B; ++b) {
+    const T *xb = xw[b], *bb = bias[b], *gb = g.col(b);
+    T *cpb = cp[b], *cb = c[b], *tcb = tc[b], *hb = h[b], *ab = a[b];
+    const long gs = g.s;
+#pragma omp simd
+    for (long j = 0; j < H; ++j) {
+      T i = sig(gb[j * gs] + (xb[j] + bb[j])), f = sig(gb[(H + j) * gs] + (xb[H + j] + bb[H + j])),
+        gg = tnh(gb[(2 * H + j) * gs] + (xb[2 * H + j] + bb[2 * H + j])),
+        o = sig(gb[(3 * H + j) * gs] + (xb[3 * H + j] + bb[3 * H + j]));
+      ab[j] = i;
+      ab[H + j] = f;
+      ab[2 * H + j] = gg;
+      ab[3 * H + j] = o;
+      T cj = f * cpb[j] + i * gg, t = tnh(cj);
+      cb[j] = cj;
+      tcb[j] = t;
+      hb[j] = o * t;
+    }
+  }
+}
+
+// lstm_backward with dL/dh_t given in two parts, g (B, H; the output's gradient, or null) + dhT^T (dhT (H, B) =
+// U da_{t+1}^T, the transposed product, or null). Operands: dc, g, dhT (transposed), a, c_prev, tc, da.
+template <typename T>
+void lstm_backward_t(long B, long H, void* const* p, const long* s) {
+  const Mat<T> dc{p, s, 0}, g{p, s, 1}, a{p, s, 3}, cp{p, s, 4}, tc{p, s, 5}, da{p, s, 6};
+  const Cols<T> dT{p, s, 2};
+  for (long b = 0; b < B; ++b) {
+    T *dcb = dc[b], *ab = a[b], *cpb = cp[b], *tcb = tc[b], *dab = da[b];
+    const T *gb = g ? g[b] : nullptr, *db = dT ? dT.col(b) : nullptr;
+    const long ds = dT.s;
+#pragma omp simd
+    for (long j = 0; j < H; ++j) {
+      T i = ab[j], f = ab[H + j], gg = ab[2 * H + j], o = ab[3 * H + j], t = tcb[j];
+      T d = (gb ? gb[j] : T(0)) + (db ? db[j * ds] : T(0));
+      dab[3 * H + j] = d * t * dsig(o);
+      T dcj = dcb[j] + d * o * (T(1) - t * t);
+      dab[j] = dcj * gg * dsig(i);
+      dab[H + j] = dcj * cpb[j] * dsig(f);
+      dab[2 * H + j] = dcj * i * (T(1) - gg * gg);
+      dcb[j] = dcj * f;
+    }
+  }
+}
+
 // reset-after GRU step: with xb = xw + bias, r, z = sigmoid(xb_rz + hu_rz), n = tanh(xb_n + r hu_n),
 // h = lerp(n, h_{t-1}, z). Operands: xw (B, 3H) = x W, bias (B, 3H; row stride 0), hu (B, 3H) = h U + [0, 0, b_hn],
 // h_prev, a (B, 3H) out = [r, z, n], h out.
@@ -340,6 +402,8 @@ void tlstm_backward(long B, long N, long M, long taps, void* const* p, const lon
 
 TLSTM_EXPORT(lstm_forward)
 TLSTM_EXPORT(lstm_backward)
+TLSTM_EXPORT(lstm_forward_t)
+TLSTM_EXPORT(lstm_backward_t)
 TLSTM_EXPORT(gru_forward)
 TLSTM_EXPORT(gru_backward)
 TLSTM_EXPORT(gru_before_rz)

@@ -38,6 +38,9 @@ MODES = ("native", "torch")
 KERNELS = {
     "lstm_forward": ("a", "bias", "c_prev", "c", "tc", "h"),
     "lstm_backward": ("dh", "dc", "a", "c_prev", "tc", "da"),
+    # the same with the step's recurrent product transposed (gT, dhT: (4H, B) and (H, B); see native.cpp)
+    "lstm_forward_t": ("xw", "bias", "gT", "c_prev", "c", "tc", "h", "a"),
+    "lstm_backward_t": ("dc", "g", "dhT", "a", "c_prev", "tc", "da"),
     "gru_forward": ("xw", "bias", "hu", "h_prev", "a", "h"),
     "gru_backward": ("dh", "a", "hu", "h_prev", "g", "dhu", "dn", "carry"),
     "gru_before_rz": ("rz", "hd", "rh"),

@@ -15,7 +15,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tensorlstm.cells import build_cell
+from tensorlstm.cells import build_cell, recurrent
 from tensorlstm.defaults import cell_config
 from tensorlstm.tensor import FORMATS, build_map, gate_modes, kernels
 from tensorlstm.tensor import bt as bt_module
@@ -172,3 +172,18 @@ def test_trainer_amp_bf16_on_cpu(train_run, tmp_path):
     assert amp["amp_dtype"] == "bfloat16" and fp32["amp_dtype"] is None
     assert amp["valid"]["loss"] != fp32["valid"]["loss"]
     assert amp["valid"]["loss"] == pytest.approx(fp32["valid"]["loss"], rel=2e-2)
+
+
+@pytest.mark.parametrize("lengths", [False, True], ids=["full", "lengths"])
+def test_torch_nn_lstm_under_autocast_where_onednn_refuses_bf16(lengths, monkeypatch):
+    """Where oneDNN's LSTM cannot run bfloat16 (CPUs without AVX-512), cell=lstm under CPU autocast runs torch.nn's
+    LSTM with oneDNN off for the call: forced here whatever this CPU can do, gradients close to float32's, and
+    oneDNN on again afterwards."""
+    monkeypatch.setattr(recurrent, "onednn_autocast_lstm_ok", lambda dtype: False)
+    torch.manual_seed(0)
+    net = build_cell(cell_config("lstm"), input_size=27, hidden_size=12)
+    x = torch.randn(4, 5, 27)
+    lens = torch.tensor([5, 3, 4, 1]) if lengths else None
+    ref, amp = grads_fp32_and_bf16(net, [x], lambda mod, x: mod(x, None, lens)[0])
+    assert_close_to_fp32(ref, amp, REL_TOL)
+    assert torch._C._get_mkldnn_enabled()  # restored

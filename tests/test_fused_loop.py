@@ -9,19 +9,20 @@ import torch
 from torch import nn
 
 from tensorlstm import native
-from tensorlstm.cells import build_cell
+from tensorlstm.cells import build_cell, fused_loop
 from tensorlstm.cells.fused_loop import (
     GRUBeforeSequence,
     GRUSequence,
     LSTMSequence,
     StepMatmul,
     TorchGates,
+    TransposedStep,
     alive_mask,
 )
 from tensorlstm.cells.recurrent import RecurrentLayer, StackedRecurrent
 from tensorlstm.defaults import cell_config
-from tensorlstm.tensor import build_map
-from tensorlstm.tensor.kernels import onednn_linear_ok
+from tensorlstm.tensor import build_map, kernels
+from tensorlstm.tensor.kernels import gram, onednn_linear_ok
 
 
 def _general(net: StackedRecurrent) -> StackedRecurrent:
@@ -175,6 +176,57 @@ def test_step_matmul_onednn_matches_matmul():
     torch.testing.assert_close(prod(x), x @ W, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(prod(x, other), other + x @ W, rtol=1e-5, atol=1e-5)
     assert StepMatmul(W.double(), 5).packed is None  # float64 takes torch.addmm
+
+
+needs_onednn = pytest.mark.skipif(not onednn_linear_ok(), reason="torch has no oneDNN linear here")
+
+
+@needs_onednn
+def test_transposed_step_and_gram_match_matmul():
+    torch.manual_seed(6)
+    W, x = torch.randn(16, 24), torch.randn(5, 16)
+    torch.testing.assert_close(TransposedStep(W)(x), (x @ W).t(), rtol=1e-5, atol=1e-5)
+    rows, d = torch.randn(40, 16), torch.randn(40, 24)
+    torch.testing.assert_close(gram(rows, d), rows.t() @ d, rtol=1e-4, atol=1e-4)
+    assert torch.equal(gram(rows.double(), d.double()), rows.double().t() @ d.double())  # float64: torch's matmul
+
+
+@needs_onednn
+@pytest.mark.parametrize("transposed", [False, True])
+def test_lstm_sequence_float32_equals_torch_nn_either_step_product(transposed, monkeypatch):
+    """The LSTM loop with its per-step products as (B x H) @ (H x 4H) (StepMatmul) or transposed (TransposedStep,
+    the native kernels reading them column-wise), forced either way whatever this CPU picks: torch.nn.LSTM's
+    outputs, final states and the gradients of every weight and of h0, c0, in float32."""
+    if not native.available():
+        pytest.skip("tensorlstm/native.cpp does not build here")
+    monkeypatch.setattr(fused_loop, "transposed_steps", lambda: transposed)
+    torch.manual_seed(8)
+    B, T, I, H = 5, 7, 6, 12
+    ref = nn.LSTM(I, H, batch_first=True)
+    x, h0, c0 = torch.randn(B, T, I), torch.randn(1, B, H, requires_grad=True), torch.randn(1, B, H, requires_grad=True)
+    y_ref, (h_ref, c_ref) = ref(x, (h0, c0))
+    w_ih, w_hh = ref.weight_ih_l0, ref.weight_hh_l0
+    xw = (x @ w_ih.t()).transpose(0, 1)
+    y, h, c = LSTMSequence.apply(xw, ref.bias_ih_l0 + ref.bias_hh_l0, w_hh.t(), h0[0], c0[0], None, None,
+                                 native.kernels(x))
+    tol = dict(rtol=1e-5, atol=1e-5)
+    for mine, theirs in ((y, y_ref), (h, h_ref[0]), (c, c_ref[0])):
+        torch.testing.assert_close(mine, theirs, **tol)
+    wrt = [w_ih, w_hh, ref.bias_ih_l0, h0, c0]
+    loss = lambda y, h, c: y.square().sum() + h.sin().sum() + c.cos().sum()  # noqa: E731
+    g_ref = torch.autograd.grad(loss(y_ref, h_ref, c_ref), wrt)
+    g = torch.autograd.grad(loss(y, h, c), wrt)
+    for mine, theirs in zip(g, g_ref):
+        torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-5)
+
+
+def test_the_transposed_products_run_on_avx2_cpus_only():
+    kernels.transposed_steps.cache_clear()
+    try:
+        want = onednn_linear_ok() and torch.backends.cpu.get_cpu_capability() == "AVX2"
+        assert kernels.transposed_steps() == want
+    finally:
+        kernels.transposed_steps.cache_clear()
 
 
 def test_fused_float32_close_to_general_loop():

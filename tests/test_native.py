@@ -26,6 +26,10 @@ OPERANDS = {
                      ("h", 1, "out")],
     "lstm_backward": [("dh", 1, "in"), ("dc", 1, "io"), ("a", 4, "act"), ("c_prev", 1, "in"), ("tc", 1, "tanh"),
                       ("da", 4, "out")],
+    "lstm_forward_t": [("xw", 4, "in"), ("bias", 4, "row"), ("gT", 4, "cols"), ("c_prev", 1, "in"), ("c", 1, "out"),
+                       ("tc", 1, "out"), ("h", 1, "out"), ("a", 4, "out")],
+    "lstm_backward_t": [("dc", 1, "io"), ("g", 1, "in"), ("dhT", 1, "cols"), ("a", 4, "act"), ("c_prev", 1, "in"),
+                        ("tc", 1, "tanh"), ("da", 4, "out")],
     "gru_forward": [("xw", 3, "in"), ("bias", 3, "row"), ("hu", 3, "in"), ("h_prev", 1, "in"), ("a", 3, "out"),
                     ("h", 1, "out")],
     "gru_backward": [("dh", 1, "in"), ("a", 3, "act"), ("hu", 3, "in"), ("h_prev", 1, "in"), ("g", 1, "in"),
@@ -42,7 +46,10 @@ OPERANDS = {
 def _operand(kind: str, width: int, dtype, g) -> torch.Tensor:
     """A (B, width) operand as a strided view (rows 3 * width apart, columns contiguous) with values its kind
     takes: activations in (0, 1) ("act"), tanh values in (-1, 1), pre-activations up to +-8, one row for all
-    (row stride 0, as the bias is given), else N(0, 1)."""
+    (row stride 0, as the bias is given), else N(0, 1). "cols": a transposed operand, (width, B) with strided rows.
+    """
+    if kind == "cols":
+        return torch.randn(width, 3 * B, generator=g, dtype=dtype)[:, B : 2 * B]
     buf = torch.randn(B, 3 * width, generator=g, dtype=dtype)
     if kind == "row":
         return buf[0, :width].expand(B, width)
@@ -63,19 +70,20 @@ def test_kernel_list_matches_the_torch_forms():
         assert callable(getattr(TorchGates, name))
 
 
-# every kernel, and those with the optional addend g of carry also without it
-CASES = [(name, False) for name in sorted(OPERANDS)] + [
-    (name, True) for name in sorted(OPERANDS) if "g" in native.KERNELS[name]]
+# every kernel, and each without each of its optional operands (the addends g and dhT of dL/dh)
+OPTIONAL = ("g", "dhT")
+CASES = [(name, None) for name in sorted(OPERANDS)] + [
+    (name, op) for name in sorted(OPERANDS) for op in OPTIONAL if op in native.KERNELS[name]]
 
 
 @needs_library
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("name, without_g", CASES)
-def test_each_kernel_equals_its_torch_form(name, without_g, dtype):
+@pytest.mark.parametrize("name, absent", CASES)
+def test_each_kernel_equals_its_torch_form(name, absent, dtype):
     g = torch.Generator().manual_seed(0)
     ops = [_operand(kind, w * H, dtype, g) for _, w, kind in OPERANDS[name]]
-    if without_g:
-        ops[native.KERNELS[name].index("g")] = None
+    if absent:
+        ops[native.KERNELS[name].index(absent)] = None
     theirs = [None if t is None else t.clone() for t in ops]
     getattr(native.kernels(ops[0]), name)(H, *ops)
     getattr(TorchGates, name)(H, *theirs)

@@ -5,7 +5,7 @@ their backward one by one, each with its own temporaries and a zero-filled or co
 the forward runs the loop without recording, writing every step's activated gates, cell state and output
 into preallocated (T, B, .) buffers; the backward walks the steps in reverse with a few in-place ops per
 step (``sigmoid_backward`` / ``tanh_backward`` give a gate's pre-activation gradient in one op) and a single
-``addmm`` for dL/dh_{t-1}, and then forms dL/dU as ONE (H x T*B) @ (T*B x G) product.
+``addmm`` for dL/dh_{t-1}, and then forms dL/dU as ONE (H x T*B) @ (T*B x G) product (`gram`).
 
 Exactness: the forward computes the same expressions as ``RecurrentLayer.cell`` (tests compare it in float64 with
 torch.nn.LSTM / torch.nn.GRU and with the general loop, and run gradcheck, with either gate kernels); the order of
@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import torch
 
-from tensorlstm.tensor.kernels import onednn_linear_ok
+from tensorlstm.tensor.kernels import gram, onednn_linear_ok, transposed_steps
 
 _sig_bwd = torch.ops.aten.sigmoid_backward
 _tanh_bwd = torch.ops.aten.tanh_backward
@@ -59,6 +59,21 @@ class StepMatmul:
             return torch.ops.mkldnn._linear_pointwise(x, self.packed, None, "none", [], "")
         return torch.ops.mkldnn._linear_pointwise.binary(x, other, self.packed, None, "add")
 
+
+
+class TransposedStep:
+    """x -> (x @ W)^T, (N, B) for x (B, K) and W (K, N), by oneDNN with W^T as the left operand: the form of the
+    LSTM loop's per-step products where `transposed_steps` holds (the gate kernels read the result transposed).
+
+    Why: oneDNN's float32 GEMM ran (N x K) @ (K x B) faster than the packed B-row product of StepMatmul on an
+    AVX2 CPU (AMD EPYC without AVX-512, 1 thread, medians of 30 interleaved rounds: 32 x 512 @ 512 x 2048 1.32 ms
+    against 1.53, the backward's 32 x 2048 @ 2048 x 512 1.14 against 1.37 ms)."""
+
+    def __init__(self, W: torch.Tensor) -> None:
+        self.Wt = W.t().contiguous()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.mkldnn._linear_pointwise(self.Wt, x, None, "none", [], "")
 
 
 def _zeros_if_none(g: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
@@ -142,6 +157,17 @@ class TorchGates:
         dc.mul_(f)
 
     @staticmethod
+    def lstm_forward_t(H, xw, bias, gT, c_prev, c, tc, h, a) -> None:  # noqa: D102
+        torch.add(xw, gT.t(), out=a)
+        TorchGates.lstm_forward(H, a, bias, c_prev, c, tc, h)
+
+    @staticmethod
+    def lstm_backward_t(H, dc, g, dhT, a, c_prev, tc, da) -> None:  # noqa: D102
+        parts = [p for p in (g, None if dhT is None else dhT.t()) if p is not None]
+        dh = sum(parts[1:], parts[0].clone()) if parts else torch.zeros_like(dc)
+        TorchGates.lstm_backward(H, dh, dc, a, c_prev, tc, da)
+
+    @staticmethod
     def gru_forward(H, xw, bias, hu, h_prev, a, h) -> None:  # noqa: D102
         if bias is not None:
             xw = xw + bias
@@ -210,6 +236,23 @@ def _bias_grad(needed: bool, dxw: torch.Tensor) -> torch.Tensor | None:
     return dxw.reshape(-1, dxw.shape[-1]).sum(0) if needed else None
 
 
+def _lstm_backward_t(k, gys, gh, gc, acts, cs, tcs, c0, U, da_all):
+    """LSTMSequence's backward loop with transposed step products (`TransposedStep`; no mask, no lengths): fills
+    da_all, returns dL/dh0, dL/dc0. Each step's dL/dh_t = gys[t] + (U da_{t+1}^T)^T, the second part read
+    transposed by the kernel."""
+    T = cs.shape[0]
+    H = cs.shape[2]
+    dc = _zeros_if_none(gc, c0).clone(memory_format=torch.contiguous_format)
+    g = gys[T - 1] if gh is None else gys[T - 1] + gh
+    dhT = None
+    Uh = TransposedStep(U.t())  # da -> (da U^T)^T = U da^T (H, B)
+    for t in range(T - 1, -1, -1):
+        k.lstm_backward_t(H, dc, g, dhT, acts[t], cs[t - 1] if t > 0 else c0, tcs[t], da_all[t])
+        dhT = Uh(da_all[t])
+        g = gys[t - 1] if t > 0 else None
+    return dhT.t().contiguous(), dc
+
+
 class LSTMSequence(torch.autograd.Function):
     """(xw, bias, U, h0, c0, mask, alive, gates) -> (ys (B, T, H), h_T, c_T); gate order i, f, g, o as in torch.nn.LSTM;
     xw = x W for all steps, the bias (G,) or None added inside the loop.
@@ -232,8 +275,17 @@ class LSTMSequence(torch.autograd.Function):
         if alive is not None:
             hst, cst = xw.new_empty(T, B, H), xw.new_empty(T, B, H)
         h, c = h0, c0
-        hU = StepMatmul(U, B)
+        # the transposed products: the native kernels, float32, no dropout mask or lengths
+        flip = k is not TorchGates and xw.dtype == torch.float32 and mask is None and alive is None \
+            and transposed_steps()
+        hU = TransposedStep(U) if flip else StepMatmul(U, B)
         for t in range(T):
+            if flip:
+                a = xw.new_empty(B, G)
+                k.lstm_forward_t(H, xw[t], step_bias, hU(h), c, cs[t], tcs[t], hs[t + 1], a)
+                acts.append(a)
+                h, c = hs[t + 1], cs[t]
+                continue
             a = hU(h if mask is None else h * mask, xw[t])
             acts.append(a)
             k.lstm_forward(H, a, step_bias, c, cs[t], tcs[t], hs[t + 1])
@@ -243,7 +295,7 @@ class LSTMSequence(torch.autograd.Function):
                 h, c = _hold(alive, t, hs[t + 1], h, hst[t]), _hold(alive, t, cs[t], c, cst[t])
                 hs[t + 1].mul_(alive[t])  # a finished sequence outputs zeros
         ctx.save_for_backward(cs, tcs, hs, U, h0, c0, mask, alive, hst, cst)
-        ctx.acts, ctx.gates = acts, k  # internal tensors, never handed out
+        ctx.acts, ctx.gates, ctx.flip = acts, k, flip  # internal tensors, never handed out
         return _batch_first(hs), h.clone(), c.clone()
 
     @staticmethod
@@ -257,35 +309,38 @@ class LSTMSequence(torch.autograd.Function):
         # (B, H) slice of the batch-first gradient ~7% slower than a contiguous slab (one copy here)
         gys = _time_major(gys, hs)
         da_all = cs.new_empty(T, B, G)  # dL/d(pre-activation gates) = dL/dxw
-        dU = StepMatmul(U.t(), B)  # da -> da @ U^T
-        if alive is None:
-            dc = _zeros_if_none(gc, c0).clone(memory_format=torch.contiguous_format)
-            dh = gys[T - 1] if gh is None else gys[T - 1] + gh
-        else:  # dH, dC: gradients of the carried state after step t
-            dH, dC = _zeros_if_none(gh, h0).contiguous(), _zeros_if_none(gc, c0).contiguous()
-        for t in range(T - 1, -1, -1):
-            a, da = acts[t], da_all[t]
+        if ctx.flip:
+            dh, dc = _lstm_backward_t(k, gys, gh, gc, acts, cs, tcs, c0, U, da_all)
+        else:
+            dU = StepMatmul(U.t(), B)  # da -> da @ U^T
             if alive is None:
-                c_prev = cs[t - 1] if t > 0 else c0
-            else:  # the step's own h and c get the gradient only while the sequence runs
-                c_prev = cst[t - 1] if t > 0 else c0
-                dh = (gys[t] + dH).mul_(alive[t])
-                dc = dC * alive[t]
-            k.lstm_backward(H, dh, dc, a, c_prev, tcs[t], da)  # da; dc becomes dL/dc_{t-1} through f
-            if alive is not None:  # a finished sequence hands its state's gradient on unchanged
-                held = 1.0 - alive[t]
-                dC = dc.addcmul_(dC, held)
-                through = dU(da) if mask is None else dU(da).mul_(mask)
-                dH = through.addcmul_(dH, held)
-                continue
-            if t > 0:
-                dh = dU(da, gys[t - 1]) if mask is None else torch.addcmul(gys[t - 1], dU(da), mask)
-            else:
-                dh = dU(da) if mask is None else dU(da) * mask
+                dc = _zeros_if_none(gc, c0).clone(memory_format=torch.contiguous_format)
+                dh = gys[T - 1] if gh is None else gys[T - 1] + gh
+            else:  # dH, dC: gradients of the carried state after step t
+                dH, dC = _zeros_if_none(gh, h0).contiguous(), _zeros_if_none(gc, c0).contiguous()
+            for t in range(T - 1, -1, -1):
+                a, da = acts[t], da_all[t]
+                if alive is None:
+                    c_prev = cs[t - 1] if t > 0 else c0
+                else:  # the step's own h and c get the gradient only while the sequence runs
+                    c_prev = cst[t - 1] if t > 0 else c0
+                    dh = (gys[t] + dH).mul_(alive[t])
+                    dc = dC * alive[t]
+                k.lstm_backward(H, dh, dc, a, c_prev, tcs[t], da)  # da; dc becomes dL/dc_{t-1} through f
+                if alive is not None:  # a finished sequence hands its state's gradient on unchanged
+                    held = 1.0 - alive[t]
+                    dC = dc.addcmul_(dC, held)
+                    through = dU(da) if mask is None else dU(da).mul_(mask)
+                    dH = through.addcmul_(dH, held)
+                    continue
+                if t > 0:
+                    dh = dU(da, gys[t - 1]) if mask is None else torch.addcmul(gys[t - 1], dU(da), mask)
+                else:
+                    dh = dU(da) if mask is None else dU(da) * mask
         gU = None
         if ctx.needs_input_grad[2]:
             rows = _step_inputs(hs, h0, alive, hst, mask)
-            gU = rows.reshape(-1, H).t() @ da_all.reshape(-1, G)
+            gU = gram(rows.reshape(-1, H), da_all.reshape(-1, G))
         if alive is not None:
             dh, dc = dH, dC
         return da_all, _bias_grad(ctx.needs_input_grad[1], da_all), gU, dh, dc, None, None, None
@@ -365,7 +420,7 @@ class GRUSequence(torch.autograd.Function):
         gU = None
         if ctx.needs_input_grad[2]:
             rows = _step_inputs(hs, h0, alive, hst, mask)
-            gU = rows.reshape(-1, H).t() @ dhu_all.reshape(-1, G)
+            gU = gram(rows.reshape(-1, H), dhu_all.reshape(-1, G))
         return (dxw, _bias_grad(ctx.needs_input_grad[1], dxw), gU, _bias_grad(ctx.needs_input_grad[3], dhu_all),
                 dh, None, None, None)
 
@@ -453,7 +508,7 @@ class GRUBeforeSequence(torch.autograd.Function):
         gU = None
         if ctx.needs_input_grad[2]:
             rows = _step_inputs(hs, h0, alive, hst, mask)
-            gU = torch.cat([rows.reshape(-1, H).t() @ drz_all.reshape(-1, 2 * H),
-                            rhs.reshape(-1, H).t() @ dn_all.reshape(-1, H)], dim=1)
+            gU = torch.cat([gram(rows.reshape(-1, H), drz_all.reshape(-1, 2 * H)),
+                            gram(rhs.reshape(-1, H), dn_all.reshape(-1, H))], dim=1)
         dxw = torch.cat([drz_all, dn_all], dim=-1)
         return dxw, _bias_grad(ctx.needs_input_grad[1], dxw), gU, dh, None, None, None

@@ -13,6 +13,8 @@ and ``reset_after=False`` (Cho et al. / Keras / Tjandra: n = tanh(x W_n + b_n + 
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 from collections.abc import Sequence
 
@@ -338,12 +340,21 @@ class FusedRecurrent(RecurrentNet):
         if self._runs_loop(x):
             return self._forward_loop(x, state, lengths)
         if lengths is None:
-            y, s = self.rnn(x, self._to_torch(state))
+            y, s = self._run_torch(x, self._to_torch(state))
             return y, self._from_torch(s)
         packed = nn.utils.rnn.pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
-        y, s = self.rnn(packed, self._to_torch(state))
+        y, s = self._run_torch(packed, self._to_torch(state))
         y, _ = nn.utils.rnn.pad_packed_sequence(y, batch_first=True, total_length=x.shape[1])
         return y, self._from_torch(s)
+
+    def _run_torch(self, inputs, state):
+        """torch.nn's module; under CPU autocast where oneDNN's LSTM cannot run the autocast dtype
+        (`onednn_autocast_lstm_ok`), with oneDNN off for the call, so torch runs its own LSTM kernels."""
+        if self.base == "lstm" and torch.is_autocast_enabled("cpu") and self.rnn.weight_hh_l0.device.type == "cpu" \
+                and not onednn_autocast_lstm_ok(torch.get_autocast_dtype("cpu")):
+            with _onednn_off():
+                return self.rnn(inputs, state)
+        return self.rnn(inputs, state)
 
     def _layer_weights(self, i: int) -> tuple[torch.Tensor, ...]:
         """torch.nn's (weight_ih, weight_hh, bias_ih, bias_hh) of layer i."""
@@ -436,6 +447,30 @@ def check_kernel(cfg: dict) -> str:
     if kernel not in KERNELS:
         raise UserError(f"cell.kernel={kernel!r}; choose one of: {', '.join(KERNELS)}")
     return kernel
+
+
+@functools.cache
+def onednn_autocast_lstm_ok(dtype: torch.dtype) -> bool:
+    """Whether torch.nn.LSTM runs under CPU autocast to `dtype` here (checked once per dtype): on a full sequence it
+    calls oneDNN's LSTM, which refuses bfloat16 on CPUs without AVX-512 ("could not create a primitive descriptor
+    for the LSTM forward propagation primitive", on an AMD EPYC with AVX2)."""
+    try:
+        with torch.autocast("cpu", dtype):
+            nn.LSTM(2, 2)(torch.zeros(1, 1, 2))
+        return True
+    except RuntimeError:
+        return False
+
+
+@contextlib.contextmanager
+def _onednn_off():
+    """oneDNN disabled for the block (torch's own CPU kernels run instead), then restored."""
+    was = torch._C._get_mkldnn_enabled()
+    torch._C._set_mkldnn_enabled(False)
+    try:
+        yield
+    finally:
+        torch._C._set_mkldnn_enabled(was)
 
 
 def loop_is_faster(base: str, input_size: int, hidden_size: int, device_type: str) -> bool:

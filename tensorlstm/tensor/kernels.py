@@ -136,3 +136,22 @@ class Gemm(torch.autograd.Function):
             else:
                 grad_mat = grad.t() @ a
         return grad_a, grad_mat
+
+
+@functools.cache
+def transposed_steps() -> bool:
+    """Whether the LSTM loop runs its per-step products transposed (`fused_loop.TransposedStep`): on CPUs whose
+    widest vector unit torch uses is AVX2, where oneDNN's (4H x H) @ (H x B) beat its packed (B x H) @ (H x 4H)
+    (1.13-1.2x, measured on an AMD EPYC without AVX-512). Where torch runs AVX-512 the packed product stays: it
+    is the form measured fastest there (against torch.addmm), and the transposed one has not been measured."""
+    return onednn_linear_ok() and torch.backends.cpu.get_cpu_capability() == "AVX2"
+
+
+def gram(rows: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    """rows^T @ d for rows (R, K) and d (R, N): the loops' dL/dU over all steps at once. On oneDNN where
+    `use_onednn` holds, both operands transposed into copies first (measured at the sequence shape, (3200 x 512)^T @
+    (3200 x 2048) on an AMD EPYC (AVX2), 1 thread, 15 interleaved rounds: 114 ms against 142 ms for torch's MKL,
+    the copies included); elsewhere torch's matmul."""
+    if use_onednn(rows, d):
+        return _linear(rows.t(), d.t())
+    return rows.t() @ d
