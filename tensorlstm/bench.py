@@ -446,6 +446,8 @@ def main(argv: list[str] | None = None) -> int:
         gates = "native (tensorlstm/native.cpp)" if native.kernels(torch.zeros(1, device=device)) else \
             "native asked, torch ops ran (not built here, or not a CPU)"
     chains = "oneDNN" if kernels.onednn_beats_mkl() else "torch's matmul (MKL on an Intel CPU)"
+    steps = ("torch.addmm" if device.type != "cpu" else "transposed, (4H x H) @ (H x B) (AVX2 CPU)"
+             if kernels.transposed_steps() else "(B x H) @ (H x 4H), oneDNN's packed weight")
     timer = Timer(args.timer, device)
     rounds = args.rounds or (3 if args.quick else 9)
     notes: list[str] = []
@@ -456,7 +458,8 @@ def main(argv: list[str] | None = None) -> int:
            f"{torch.get_num_threads()} thread(s), timer: {timer.kind}, host memory: "
            f"{host_memory} (cell.host_memory, for every case), denormal floats: {denormals} (cell.denormals, for "
            f"every case), gate math of our loops: {gates} (cell.gates), "
-           f"the maps' plain float32 GEMMs on the CPU: {chains} (tensor/kernels.py), {rounds} interleaved rounds "
+           f"the maps' and loops' plain float32 GEMMs on the CPU: {chains}, the LSTM loop's step products: "
+           f"{steps} (tensor/kernels.py), {rounds} interleaved rounds "
            "per section (order rotated each round). Times: median [min-max]; ratios: median [min-max] of the per-round "
            "ratios, >1 = the row is faster. Only cases of one table are compared, and every table was measured "
            "in this one run."]

@@ -269,3 +269,4 @@ def test_bad_shapes_are_one_line_user_errors():
         build_cell(cell_cfg("nope"), 4, 4)
     with pytest.raises(UserError, match="base"):
         build_cell(cell_cfg("tt", base="rnn"), 8, 4)
+

@@ -284,3 +284,44 @@ def test_empty_sequence_gives_no_outputs_and_the_initial_state(name, kw):
     for got, want in zip(state, given):
         for a, b in zip(got, want):
             assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("onednn", [False, True])
+@pytest.mark.parametrize("base, sizes", [("lstm", (12, 5)), ("gru", (6, 8))])
+def test_kernel_auto_float32_gradients_with_either_projection(base, sizes, onednn, monkeypatch):
+    """float32, kernel=auto's loop (an LSTM wider in than out, a GRU): outputs and every weight's gradient as torch.nn's
+    to float32 rounding, with the input projection on oneDNN (`kernels.linear` -> Gemm) or on torch's matmul, forced
+    either way whatever this CPU picks."""
+    if onednn and not kernels.onednn_linear_ok():
+        pytest.skip("torch has no oneDNN linear here")
+    monkeypatch.setattr(kernels, "onednn_beats_mkl", lambda: onednn)
+    torch.manual_seed(3)
+    auto = build_cell(cell_config(base, kernel="auto"), *sizes)
+    ref = build_cell(cell_config(base, kernel="torch"), *sizes)
+    ref.load_state_dict(auto.state_dict())
+    assert auto._runs_loop(torch.zeros(1, 1, sizes[0]))
+    x = torch.randn(4, 6, sizes[0])
+    y, y_ref = auto(x)[0], ref(x)[0]
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-6)
+    g = torch.autograd.grad(y.square().sum(), list(auto.parameters()))
+    g_ref = torch.autograd.grad(y_ref.square().sum(), list(ref.parameters()))
+    for a, b in zip(g, g_ref):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_the_onednn_probe_does_not_depend_on_the_default_dtype():
+    """onednn_linear_ok probes in float32 whatever the default dtype: a probe first run under a float64 default
+    (as in tests/test_cells.py) used to fail and cache False for the whole process."""
+    kernels.onednn_linear_ok.cache_clear()
+    try:
+        want = kernels.onednn_linear_ok()
+        kernels.onednn_linear_ok.cache_clear()
+        old = torch.get_default_dtype()
+        torch.set_default_dtype(torch.float64)
+        try:
+            assert kernels.onednn_linear_ok() == want
+        finally:
+            torch.set_default_dtype(old)
+        assert want == (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
+    finally:
+        kernels.onednn_linear_ok.cache_clear()

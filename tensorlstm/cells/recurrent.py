@@ -25,7 +25,7 @@ from tensorlstm import native
 from tensorlstm.cells.base import RecurrentNet, State, select_state
 from tensorlstm.cells.fused_loop import GRUBeforeSequence, GRUSequence, LSTMSequence, alive_mask
 from tensorlstm.errors import UserError
-from tensorlstm.tensor import build_map
+from tensorlstm.tensor import build_map, kernels
 from tensorlstm.tensor.amp import compute_dtype
 from tensorlstm.tensor.base import LinearMap
 from tensorlstm.tensor.shapes import check_modes, factorize, gate_modes
@@ -382,9 +382,9 @@ class FusedRecurrent(RecurrentNet):
             w_ih, w_hh, b_ih, b_hh = self._layer_weights(i)
             # time-major x W^T, transposing the narrower of input and output (no copy of UCF11's wide input)
             if w_ih.shape[0] < w_ih.shape[1]:
-                xw = nn.functional.linear(x, w_ih).transpose(0, 1).contiguous()
+                xw = kernels.linear(x, w_ih).transpose(0, 1).contiguous()
             else:
-                xw = nn.functional.linear(x.transpose(0, 1), w_ih)
+                xw = kernels.linear(x.transpose(0, 1), w_ih)
             k = native.kernels(xw) if self.gate_kernels == "native" else None  # None: torch ops
             h0 = state[0][:, i].contiguous()
             if self.base == "lstm":
