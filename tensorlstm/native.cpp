@@ -57,6 +57,20 @@ inline T lerp(T start, T end, T w) {  // torch.lerp: start + w (end - start), fr
   return w < T(0.5) ? start + w * (end - start) : end - (end - start) * (T(1) - w);
 }
 
+// One LSTM cell from its four pre-activations: the activated gates into ab[j + k H] (k = i, f, g, o), then
+// c = f c_prev + i g, tc = tanh(c), h = o tc.
+template <typename T>
+inline void lstm_point(T pi, T pf, T pg, T po, T c_prev, T* ab, long H, long j, T& c, T& tc, T& h) {
+  T i = sig(pi), f = sig(pf), g = tnh(pg), o = sig(po);
+  ab[j] = i;
+  ab[H + j] = f;
+  ab[2 * H + j] = g;
+  ab[3 * H + j] = o;
+  c = f * c_prev + i * g;
+  tc = tnh(c);
+  h = o * tc;
+}
+
 // LSTM step: a (B, 4H) = x W + h U, plus the bias (B, 4H; row stride 0: one row for all), the pre-activations ->
 // activated in place; c = f c_prev + i g, tc = tanh(c), h = o tc. Operands: a, bias, c_prev, c, tc, h.
 template <typename T>
@@ -65,19 +79,23 @@ void lstm_forward(long B, long H, void* const* p, const long* s) {
   for (long b = 0; b < B; ++b) {
     T *ab = a[b], *bb = bias[b], *cpb = cp[b], *cb = c[b], *tcb = tc[b], *hb = h[b];
 #pragma omp simd
-    for (long j = 0; j < H; ++j) {
-      T i = sig(ab[j] + bb[j]), f = sig(ab[H + j] + bb[H + j]), g = tnh(ab[2 * H + j] + bb[2 * H + j]),
-        o = sig(ab[3 * H + j] + bb[3 * H + j]);
-      ab[j] = i;
-      ab[H + j] = f;
-      ab[2 * H + j] = g;
-      ab[3 * H + j] = o;
-      T cj = f * cpb[j] + i * g, t = tnh(cj);
-      cb[j] = cj;
-      tcb[j] = t;
-      hb[j] = o * t;
-    }
+    for (long j = 0; j < H; ++j)
+      lstm_point(ab[j] + bb[j], ab[H + j] + bb[H + j], ab[2 * H + j] + bb[2 * H + j], ab[3 * H + j] + bb[3 * H + j],
+                 cpb[j], ab, H, j, cb[j], tcb[j], hb[j]);
   }
+}
+
+// One LSTM cell's backward from the activated gates ab[j + k H] and tanh(c) t, with d = dL/dh_t and dc = dL/dc_t
+// (in; out: dL/dc_{t-1} through f): the pre-activation gradients into dab[j + k H].
+template <typename T>
+inline void lstm_point_backward(T d, const T* ab, T cp, T t, T* dab, long H, long j, T& dc) {
+  T i = ab[j], f = ab[H + j], g = ab[2 * H + j], o = ab[3 * H + j];
+  dab[3 * H + j] = d * t * dsig(o);
+  T dcj = dc + d * o * (T(1) - t * t);
+  dab[j] = dcj * g * dsig(i);
+  dab[H + j] = dcj * cp * dsig(f);
+  dab[2 * H + j] = dcj * i * (T(1) - g * g);
+  dc = dcj * f;
 }
 
 // LSTM step backward. Operands: dh (dL/dh_t), dc (in: dL/dc_t from step t+1; out: dL/dc_{t-1} through f),
@@ -88,15 +106,7 @@ void lstm_backward(long B, long H, void* const* p, const long* s) {
   for (long b = 0; b < B; ++b) {
     T *dhb = dh[b], *dcb = dc[b], *ab = a[b], *cpb = cp[b], *tcb = tc[b], *dab = da[b];
 #pragma omp simd
-    for (long j = 0; j < H; ++j) {
-      T i = ab[j], f = ab[H + j], g = ab[2 * H + j], o = ab[3 * H + j], d = dhb[j], t = tcb[j];
-      dab[3 * H + j] = d * t * dsig(o);
-      T dcj = dcb[j] + d * o * (T(1) - t * t);
-      dab[j] = dcj * g * dsig(i);
-      dab[H + j] = dcj * cpb[j] * dsig(f);
-      dab[2 * H + j] = dcj * i * (T(1) - g * g);
-      dcb[j] = dcj * f;
-    }
+    for (long j = 0; j < H; ++j) lstm_point_backward(dhb[j], ab, cpb[j], tcb[j], dab, H, j, dcb[j]);
   }
 }
 
@@ -117,24 +127,15 @@ template <typename T>
 void lstm_forward_t(long B, long H, void* const* p, const long* s) {
   const Mat<T> xw{p, s, 0}, bias{p, s, 1}, cp{p, s, 3}, c{p, s, 4}, tc{p, s, 5}, h{p, s, 6}, a{p, s, 7};
   const Cols<T> g{p, s, 2};
+  const long gs = g.s;
   for (long b = 0; b < B; ++b) {
     const T *xb = xw[b], *bb = bias[b], *gb = g.col(b);
     T *cpb = cp[b], *cb = c[b], *tcb = tc[b], *hb = h[b], *ab = a[b];
-    const long gs = g.s;
 #pragma omp simd
-    for (long j = 0; j < H; ++j) {
-      T i = sig(gb[j * gs] + (xb[j] + bb[j])), f = sig(gb[(H + j) * gs] + (xb[H + j] + bb[H + j])),
-        gg = tnh(gb[(2 * H + j) * gs] + (xb[2 * H + j] + bb[2 * H + j])),
-        o = sig(gb[(3 * H + j) * gs] + (xb[3 * H + j] + bb[3 * H + j]));
-      ab[j] = i;
-      ab[H + j] = f;
-      ab[2 * H + j] = gg;
-      ab[3 * H + j] = o;
-      T cj = f * cpb[j] + i * gg, t = tnh(cj);
-      cb[j] = cj;
-      tcb[j] = t;
-      hb[j] = o * t;
-    }
+    for (long j = 0; j < H; ++j)
+      lstm_point(gb[j * gs] + (xb[j] + bb[j]), gb[(H + j) * gs] + (xb[H + j] + bb[H + j]),
+                 gb[(2 * H + j) * gs] + (xb[2 * H + j] + bb[2 * H + j]),
+                 gb[(3 * H + j) * gs] + (xb[3 * H + j] + bb[3 * H + j]), cpb[j], ab, H, j, cb[j], tcb[j], hb[j]);
   }
 }
 
@@ -144,20 +145,14 @@ template <typename T>
 void lstm_backward_t(long B, long H, void* const* p, const long* s) {
   const Mat<T> dc{p, s, 0}, g{p, s, 1}, a{p, s, 3}, cp{p, s, 4}, tc{p, s, 5}, da{p, s, 6};
   const Cols<T> dT{p, s, 2};
+  const long ds = dT.s;
   for (long b = 0; b < B; ++b) {
     T *dcb = dc[b], *ab = a[b], *cpb = cp[b], *tcb = tc[b], *dab = da[b];
     const T *gb = g ? g[b] : nullptr, *db = dT ? dT.col(b) : nullptr;
-    const long ds = dT.s;
 #pragma omp simd
     for (long j = 0; j < H; ++j) {
-      T i = ab[j], f = ab[H + j], gg = ab[2 * H + j], o = ab[3 * H + j], t = tcb[j];
       T d = (gb ? gb[j] : T(0)) + (db ? db[j * ds] : T(0));
-      dab[3 * H + j] = d * t * dsig(o);
-      T dcj = dcb[j] + d * o * (T(1) - t * t);
-      dab[j] = dcj * gg * dsig(i);
-      dab[H + j] = dcj * cpb[j] * dsig(f);
-      dab[2 * H + j] = dcj * i * (T(1) - gg * gg);
-      dcb[j] = dcj * f;
+      lstm_point_backward(d, ab, cpb[j], tcb[j], dab, H, j, dcb[j]);
     }
   }
 }

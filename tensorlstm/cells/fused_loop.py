@@ -163,8 +163,9 @@ class TorchGates:
 
     @staticmethod
     def lstm_backward_t(H, dc, g, dhT, a, c_prev, tc, da) -> None:  # noqa: D102
-        parts = [p for p in (g, None if dhT is None else dhT.t()) if p is not None]
-        dh = sum(parts[1:], parts[0].clone()) if parts else torch.zeros_like(dc)
+        dh = torch.zeros_like(dc) if g is None else g.clone()
+        if dhT is not None:
+            dh.add_(dhT.t())
         TorchGates.lstm_backward(H, dh, dc, a, c_prev, tc, da)
 
     @staticmethod
