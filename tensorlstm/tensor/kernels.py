@@ -142,8 +142,9 @@ class Gemm(torch.autograd.Function):
 def transposed_steps() -> bool:
     """Whether the LSTM loop runs its per-step products transposed (`fused_loop.TransposedStep`): on CPUs whose
     widest vector unit torch uses is AVX2, where oneDNN's (4H x H) @ (H x B) beat its packed (B x H) @ (H x 4H)
-    (1.13-1.2x, measured on an AMD EPYC without AVX-512). Where torch runs AVX-512 the packed product stays: it
-    is the form measured fastest there (against torch.addmm), and the transposed one has not been measured."""
+    (1.07-1.17x per product, 1.04-1.05x per training step, measured on an AMD EPYC without AVX-512). Where torch
+    runs AVX-512 the packed product stays: it is the form measured fastest there (against torch.addmm), and the
+    transposed one has not been measured there."""
     return onednn_linear_ok() and torch.backends.cpu.get_cpu_capability() == "AVX2"
 
 
