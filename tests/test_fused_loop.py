@@ -200,6 +200,14 @@ def test_lstm_sequence_float32_equals_torch_nn_either_step_product(transposed, m
     if not native.available():
         pytest.skip("tensorlstm/native.cpp does not build here")
     monkeypatch.setattr(fused_loop, "transposed_steps", lambda: transposed)
+    made = []  # the transposed products the loop builds: one forward, one backward, or none
+
+    class Counted(TransposedStep):
+        def __init__(self, W):
+            made.append(W.shape)
+            super().__init__(W)
+
+    monkeypatch.setattr(fused_loop, "TransposedStep", Counted)
     torch.manual_seed(8)
     B, T, I, H = 5, 7, 6, 12
     ref = nn.LSTM(I, H, batch_first=True)
@@ -218,6 +226,7 @@ def test_lstm_sequence_float32_equals_torch_nn_either_step_product(transposed, m
     g = torch.autograd.grad(loss(y, h, c), wrt)
     for mine, theirs in zip(g, g_ref):
         torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-5)
+    assert made == ([(H, 4 * H), (4 * H, H)] if transposed else [])
 
 
 def test_the_transposed_products_run_on_avx2_cpus_only():
