@@ -229,11 +229,15 @@ def test_lstm_sequence_float32_equals_torch_nn_either_step_product(transposed, m
     assert made == ([(H, 4 * H), (4 * H, H)] if transposed else [])
 
 
-def test_the_transposed_products_run_on_avx2_cpus_only():
+@pytest.mark.parametrize("capability, onednn, want", [("AVX2", True, True), ("AVX512", True, False),
+                                                     ("DEFAULT", True, False), ("AVX2", False, False)])
+def test_the_transposed_products_run_on_avx2_cpus_only(capability, onednn, want, monkeypatch):
+    """Only where torch's widest CPU unit is AVX2, and only with oneDNN's linear available."""
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    monkeypatch.setattr(kernels, "onednn_linear_ok", lambda packed=False: onednn)
     kernels.transposed_steps.cache_clear()
     try:
-        want = onednn_linear_ok() and torch.backends.cpu.get_cpu_capability() == "AVX2"
-        assert kernels.transposed_steps() == want
+        assert kernels.transposed_steps() is want
     finally:
         kernels.transposed_steps.cache_clear()
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import torch
 
-from tensorlstm.tensor.kernels import gram, onednn_linear_ok, transposed_steps
+from tensorlstm.tensor.kernels import _linear, gram, onednn_linear_ok, transposed_steps
 
 _sig_bwd = torch.ops.aten.sigmoid_backward
 _tanh_bwd = torch.ops.aten.tanh_backward
@@ -74,7 +74,7 @@ class TransposedStep:
         self.Wt = W.t().contiguous()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.mkldnn._linear_pointwise(self.Wt, x, None, "none", [], "")
+        return _linear(self.Wt, x)
 
 
 def _zeros_if_none(g: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
