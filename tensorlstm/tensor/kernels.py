@@ -156,13 +156,3 @@ def linear(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     if use_onednn(a, w):
         return Gemm.apply(a.reshape(-1, a.shape[-1]), w).view(*a.shape[:-1], w.shape[0])
     return torch.nn.functional.linear(a, w)
-
-
-def gram(rows: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
-    """rows^T @ d for rows (R, K) and d (R, N): the loops' dL/dU over all steps at once. On oneDNN where
-    `use_onednn` holds, both operands transposed into copies first (measured at the sequence shape, (3200 x 512)^T @
-    (3200 x 2048) on an AMD EPYC (AVX2), 1 thread, 15 interleaved rounds: 114 ms against 142 ms for torch's MKL,
-    the copies included); elsewhere torch's matmul."""
-    if use_onednn(rows, d):
-        return _linear(rows.t(), d.t())
-    return rows.t() @ d
