@@ -149,11 +149,20 @@ void lstm_backward_t(long B, long H, void* const* p, const long* s) {
   for (long b = 0; b < B; ++b) {
     T *dcb = dc[b], *ab = a[b], *cpb = cp[b], *tcb = tc[b], *dab = da[b];
     const T *gb = g ? g[b] : nullptr, *db = dT ? dT.col(b) : nullptr;
+    // one loop per combination of the optional parts, so that none of them tests a pointer per element (which
+    // kept the compiler from vectorizing it: 2.7x slower at B32 x H512)
+    auto run = [&](auto d) {
 #pragma omp simd
-    for (long j = 0; j < H; ++j) {
-      T d = (gb ? gb[j] : T(0)) + (db ? db[j * ds] : T(0));
-      lstm_point_backward(d, ab, cpb[j], tcb[j], dab, H, j, dcb[j]);
-    }
+      for (long j = 0; j < H; ++j) lstm_point_backward(d(j), ab, cpb[j], tcb[j], dab, H, j, dcb[j]);
+    };
+    if (gb && db)
+      run([&](long j) { return gb[j] + db[j * ds]; });
+    else if (db)
+      run([&](long j) { return db[j * ds]; });
+    else if (gb)
+      run([&](long j) { return gb[j]; });
+    else
+      run([](long) { return T(0); });
   }
 }
 
