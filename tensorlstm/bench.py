@@ -397,6 +397,15 @@ def print_tlstm(rows: list[dict], out: list[str]) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------
+def machine() -> str:
+    """The CPU as the header names it: model name, x86 family and model numbers (which tell CPU generations apart
+    where the model name is generic, e.g. "AMD EPYC" under a hypervisor), and the vector unit torch uses."""
+    name = kernels.cpu_info("model name") or platform.machine()
+    family, model = kernels.cpu_info("cpu family"), kernels.cpu_info("model")
+    ident = f"family {family} model {model}, " if family else ""
+    return f"{name} ({ident}{torch.backends.cpu.get_cpu_capability()})"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser("tlstm bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="3 rounds, fewer tLSTM depths (a few minutes)")
@@ -454,11 +463,12 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     results: dict[str, list[dict]] = {}
     out = ["# Speed", "", f"Made by `tlstm bench {' '.join(argv if argv is not None else sys.argv[1:])}` on "
-           f"{kernels.cpu_info('model name') or platform.machine()} ({device}), torch {torch.__version__}, "
+           f"{machine()} ({device}), torch {torch.__version__}, "
            f"{torch.get_num_threads()} thread(s), timer: {timer.kind}, host memory: "
            f"{host_memory} (cell.host_memory, for every case), denormal floats: {denormals} (cell.denormals, for "
            f"every case), gate math of our loops: {gates} (cell.gates), "
-           f"the maps' and loops' plain float32 GEMMs on the CPU: {chains}, the LSTM loop's step products: "
+           f"the maps' chain GEMMs and the dense loop's input projection (float32, CPU): {chains}, the LSTM loop's "
+           f"step products: "
            f"{steps} (tensor/kernels.py), {rounds} interleaved rounds "
            "per section (order rotated each round). Times: median [min-max]; ratios: median [min-max] of the per-round "
            "ratios, >1 = the row is faster. Only cases of one table are compared, and every table was measured "
